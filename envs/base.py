@@ -1,0 +1,254 @@
+"""The base of every s2policy task: scene, gripper control, cameras, rendering, gymnasium API.
+
+A task subclasses :class:`ManipulationEnv`, names its MJCF file (which includes
+``assets/scene.xml``) and implements three small methods: where its objects start
+(:meth:`ManipulationEnv._reset_task`), their privileged state for experts
+(:meth:`ManipulationEnv._privileged`), and when it has succeeded (:meth:`ManipulationEnv._success`).
+
+Action ``(A,)`` in ``[-1, 1]``: end-effector delta position ``(dx, dy, dz)`` scaled by
+``max_step_m``, a yaw delta scaled by ``max_yaw_step_rad`` (when ``yaw_control``), and a gripper
+command (``-1`` fully open, ``+1`` fully closed, proportional in between). Deltas move a target
+pose that position actuators track, clipped to the workspace.
+
+Observation: one ``uint8 (H, W, 3)`` image per camera and ``state`` ``float32 (5,)`` =
+end-effector ``x, y, z`` (m, table frame), yaw (rad) and the gap between the fingers (m).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from envs.rendering import require_rendering
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+CAMERAS = ("front", "wrist")
+STATE_KEYS = ("ee_x", "ee_y", "ee_z", "ee_yaw", "gripper_gap")
+FINGER_OPEN = 0.045  # finger joint travel (m); the gap between the pads is twice the joint value
+
+
+@dataclass
+class EnvConfig:
+    """Configuration shared by every task (also the ``env`` block of ``configs/task/*.yaml``)."""
+
+    #: Camera image size ``(height, width)`` in pixels; non-square sizes are allowed.
+    image_size: tuple[int, int] = (96, 96)
+    #: Cameras rendered into the observation, from ``front`` and ``wrist``; empty = state only.
+    cameras: tuple[str, ...] = CAMERAS
+    #: Shadow-map size; software rendering (CPU) is dominated by it, 0 turns shadows off.
+    shadow_size: int = 1024
+    #: Control rate (Hz); each step runs ``1 / (control_hz * timestep)`` physics steps.
+    control_hz: float = 10.0
+    #: Include a yaw delta in the action (5-D action) or keep yaw fixed (4-D action).
+    yaw_control: bool = True
+    #: End the episode (``terminated``) at the first step where the task succeeds.
+    terminate_on_success: bool = True
+    #: Largest end-effector translation per step (m) at action magnitude 1.
+    max_step_m: float = 0.03
+    #: Largest yaw change per step (rad) at action magnitude 1.
+    max_yaw_step_rad: float = 0.25
+    #: Workspace bounds of the end-effector target ``((x_lo, y_lo, z_lo), (x_hi, y_hi, z_hi))``.
+    workspace: tuple[tuple[float, float, float], tuple[float, float, float]] = (
+        (-0.25, -0.25, 0.005),
+        (0.25, 0.25, 0.35),
+    )
+
+    def __post_init__(self):
+        self.image_size = tuple(int(v) for v in self.image_size)
+        self.cameras = tuple(self.cameras)
+        self.workspace = tuple(tuple(float(v) for v in b) for b in self.workspace)
+        if len(self.image_size) != 2 or min(self.image_size) < 8 or max(self.image_size) > 2048:
+            raise ValueError(
+                f"image_size must be (height, width) with sides in [8, 2048], got {self.image_size}"
+            )
+        unknown = [c for c in self.cameras if c not in CAMERAS]
+        if unknown or len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(
+                f"cameras must be distinct names from {CAMERAS}, got {list(self.cameras)}"
+            )
+        if self.shadow_size < 0:
+            raise ValueError(f"shadow_size must be >= 0, got {self.shadow_size}")
+        if not 1.0 <= self.control_hz <= 100.0:
+            raise ValueError(f"control_hz must be in [1, 100], got {self.control_hz}")
+        if self.max_step_m <= 0 or self.max_yaw_step_rad <= 0:
+            raise ValueError("max_step_m and max_yaw_step_rad must be positive")
+        lo, hi = np.array(self.workspace[0]), np.array(self.workspace[1])
+        if lo.shape != (3,) or hi.shape != (3,) or not (lo < hi).all():
+            raise ValueError(f"workspace must be ((x,y,z) low, (x,y,z) high), got {self.workspace}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (lists instead of tuples), as stored in dataset attributes."""
+        d = dataclasses.asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["cameras"] = list(self.cameras)
+        d["workspace"] = [list(b) for b in self.workspace]
+        return d
+
+
+class ManipulationEnv(gym.Env):
+    """Gripper-on-a-table task with the gymnasium API; see the module docstring."""
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
+    #: MJCF file in ``envs/assets`` (including ``scene.xml``); set by each task.
+    xml: ClassVar[str]
+    #: Scripted expert class of the task: ``expert(env, noise=..., seed=...)``.
+    expert: ClassVar[type]
+
+    def __init__(self, render_mode: str | None = None, **config: Any):
+        self.config = EnvConfig(**config)
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.model = mujoco.MjModel.from_xml_path(str(ASSETS / self.xml))
+        self.data = mujoco.MjData(self.model)
+        height, width = self.config.image_size
+        self.model.vis.global_.offheight = max(self.model.vis.global_.offheight, height)
+        self.model.vis.global_.offwidth = max(self.model.vis.global_.offwidth, width)
+        self.model.vis.quality.shadowsize = self.config.shadow_size
+        if self.config.shadow_size == 0:
+            self.model.light_castshadow[:] = 0
+        self.n_substeps = round(1.0 / (self.config.control_hz * self.model.opt.timestep))
+        self.metadata = {**self.metadata, "render_fps": self.config.control_hz}
+
+        self._qadr = {
+            n: self.model.joint(n).qposadr[0]
+            for n in ("gripper_x", "gripper_y", "gripper_z", "gripper_yaw", "finger_left")
+        }
+        self._act = {n: self.model.actuator(n).id for n in (
+            "gripper_x", "gripper_y", "gripper_z", "gripper_yaw", "finger_left", "finger_right"
+        )}
+        self._ee_site = self.model.site("ee").id
+        self._finger_geoms = (self.model.geom("finger_left").id, self.model.geom("finger_right").id)
+        self._target = np.zeros(4)  # x, y, z, yaw of the tracked end-effector target
+
+        action_dim = 5 if self.config.yaw_control else 4
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(action_dim,), dtype=np.float32)
+        spaces = {
+            cam: gym.spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8)
+            for cam in self.config.cameras
+        }
+        spaces["state"] = gym.spaces.Box(-np.inf, np.inf, shape=(len(STATE_KEYS),), dtype=np.float32)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self._renderer: mujoco.Renderer | None = None
+
+    # ------------------------------------------------------------------ task hooks
+    def _reset_task(self, rng: np.random.Generator) -> None:
+        """Place the task's objects (write ``self.data.qpos``) for a new episode."""
+        raise NotImplementedError
+
+    def _privileged(self) -> dict[str, np.ndarray]:
+        """Object state for scripted experts and probes (returned in ``info``, never observed)."""
+        raise NotImplementedError
+
+    def _success(self) -> bool:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        mujoco.mj_resetData(self.model, self.data)
+        home = np.array([0.0, 0.0, 0.2, 0.0])
+        home[:3] += rng.uniform([-0.03, -0.03, -0.02], [0.03, 0.03, 0.02])
+        for i, name in enumerate(("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")):
+            self.data.qpos[self._qadr[name]] = home[i]
+        self.data.qpos[self._qadr["finger_left"]] = FINGER_OPEN
+        self.data.qpos[self.model.joint("finger_right").qposadr[0]] = FINGER_OPEN
+        self._target = home.copy()
+        self._set_ctrl(gripper=-1.0)
+        self._reset_task(rng)
+        mujoco.mj_forward(self.model, self.data)
+        for _ in range(self.n_substeps):  # let objects settle on the table
+            mujoco.mj_step(self.model, self.data)
+        return self._observation(), self._info()
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        if action.shape != self.action_space.shape:
+            raise ValueError(
+                f"action must have shape {self.action_space.shape}, got {action.shape}"
+            )
+        if not np.isfinite(action).all():
+            raise ValueError(f"action contains NaN or inf: {action}")
+        action = np.clip(action, -1.0, 1.0)
+        lo, hi = (np.array(b) for b in self.config.workspace)
+        self._target[:3] = np.clip(self._target[:3] + action[:3] * self.config.max_step_m, lo, hi)
+        if self.config.yaw_control:
+            yaw = self._target[3] + action[3] * self.config.max_yaw_step_rad
+            self._target[3] = np.clip(yaw, -np.pi / 2, np.pi / 2)
+        self._set_ctrl(gripper=action[-1])
+        for _ in range(self.n_substeps):
+            mujoco.mj_step(self.model, self.data)
+        success = self._success()
+        info = self._info(success)
+        terminated = bool(success and self.config.terminate_on_success)
+        return self._observation(), float(success), terminated, False, info
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        return self._render(self.config.cameras[0] if self.config.cameras else "front")
+
+    def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def ee_pose(self) -> np.ndarray:
+        """End-effector ``(x, y, z, yaw)`` as measured (not the commanded target)."""
+        q = self.data.qpos
+        return np.array([q[self._qadr[n]] for n in ("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")])
+
+    @property
+    def gripper_gap(self) -> float:
+        left = self.data.qpos[self._qadr["finger_left"]]
+        right = self.data.qpos[self.model.joint("finger_right").qposadr[0]]
+        return float(left + right)
+
+    def fingers_touch(self, geom_id: int) -> bool:
+        """Whether both finger pads are in contact with geom ``geom_id``."""
+        pairs = self.data.contact.geom[: self.data.ncon]
+        touching = set()
+        for g1, g2 in pairs:
+            for finger in self._finger_geoms:
+                if {g1, g2} == {finger, geom_id}:
+                    touching.add(finger)
+        return len(touching) == 2
+
+    def _set_ctrl(self, gripper: float) -> None:
+        ctrl = self.data.ctrl
+        for i, name in enumerate(("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")):
+            ctrl[self._act[name]] = self._target[i]
+        finger = FINGER_OPEN * (1.0 - float(np.clip(gripper, -1.0, 1.0))) / 2.0
+        ctrl[self._act["finger_left"]] = finger
+        ctrl[self._act["finger_right"]] = finger
+
+    def _state(self) -> np.ndarray:
+        return np.array([*self.ee_pose, self.gripper_gap], dtype=np.float32)
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        obs = {cam: self._render(cam) for cam in self.config.cameras}
+        obs["state"] = self._state()
+        return obs
+
+    def _info(self, success: bool | None = None) -> dict[str, Any]:
+        return {
+            "success": self._success() if success is None else success,
+            **self._privileged(),
+        }
+
+    def _render(self, camera: str) -> np.ndarray:
+        if self._renderer is None:
+            require_rendering()
+            height, width = self.config.image_size
+            self._renderer = mujoco.Renderer(self.model, height=height, width=width)
+        self._renderer.update_scene(self.data, camera=camera)
+        return self._renderer.render()
