@@ -17,7 +17,7 @@ end-effector ``x, y, z`` (m, table frame), yaw (rad) and the gap between the fin
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,16 +53,16 @@ class EnvConfig:
     max_step_m: float = 0.03
     #: Largest yaw change per step (rad) at action magnitude 1.
     max_yaw_step_rad: float = 0.25
-    #: Workspace bounds of the end-effector target ``((x_lo, y_lo, z_lo), (x_hi, y_hi, z_hi))``.
-    workspace: tuple[tuple[float, float, float], tuple[float, float, float]] = (
-        (-0.25, -0.25, 0.005),
-        (0.25, 0.25, 0.35),
-    )
+    #: Lower corner ``(x, y, z)`` (m) of the box the end-effector target is clipped to.
+    workspace_low: tuple[float, float, float] = (-0.25, -0.25, 0.005)
+    #: Upper corner ``(x, y, z)`` (m) of that box.
+    workspace_high: tuple[float, float, float] = (0.25, 0.25, 0.35)
 
     def __post_init__(self):
         self.image_size = tuple(int(v) for v in self.image_size)
         self.cameras = tuple(self.cameras)
-        self.workspace = tuple(tuple(float(v) for v in b) for b in self.workspace)
+        self.workspace_low = tuple(float(v) for v in self.workspace_low)
+        self.workspace_high = tuple(float(v) for v in self.workspace_high)
         if len(self.image_size) != 2 or min(self.image_size) < 8 or max(self.image_size) > 2048:
             raise ValueError(
                 f"image_size must be (height, width) with sides in [8, 2048], got {self.image_size}"
@@ -78,16 +78,20 @@ class EnvConfig:
             raise ValueError(f"control_hz must be in [1, 100], got {self.control_hz}")
         if self.max_step_m <= 0 or self.max_yaw_step_rad <= 0:
             raise ValueError("max_step_m and max_yaw_step_rad must be positive")
-        lo, hi = np.array(self.workspace[0]), np.array(self.workspace[1])
+        lo, hi = np.array(self.workspace_low), np.array(self.workspace_high)
         if lo.shape != (3,) or hi.shape != (3,) or not (lo < hi).all():
-            raise ValueError(f"workspace must be ((x,y,z) low, (x,y,z) high), got {self.workspace}")
+            raise ValueError(
+                "workspace_low and workspace_high must be (x, y, z) with low < high, got "
+                f"{self.workspace_low} and {self.workspace_high}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (lists instead of tuples), as stored in dataset attributes."""
         d = dataclasses.asdict(self)
         d["image_size"] = list(self.image_size)
         d["cameras"] = list(self.cameras)
-        d["workspace"] = [list(b) for b in self.workspace]
+        d["workspace_low"] = list(self.workspace_low)
+        d["workspace_high"] = list(self.workspace_high)
         return d
 
 
@@ -120,9 +124,17 @@ class ManipulationEnv(gym.Env):
             n: self.model.joint(n).qposadr[0]
             for n in ("gripper_x", "gripper_y", "gripper_z", "gripper_yaw", "finger_left")
         }
-        self._act = {n: self.model.actuator(n).id for n in (
-            "gripper_x", "gripper_y", "gripper_z", "gripper_yaw", "finger_left", "finger_right"
-        )}
+        self._act = {
+            n: self.model.actuator(n).id
+            for n in (
+                "gripper_x",
+                "gripper_y",
+                "gripper_z",
+                "gripper_yaw",
+                "finger_left",
+                "finger_right",
+            )
+        }
         self._ee_site = self.model.site("ee").id
         self._finger_geoms = (self.model.geom("finger_left").id, self.model.geom("finger_right").id)
         self._target = np.zeros(4)  # x, y, z, yaw of the tracked end-effector target
@@ -133,7 +145,11 @@ class ManipulationEnv(gym.Env):
             cam: gym.spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8)
             for cam in self.config.cameras
         }
-        spaces["state"] = gym.spaces.Box(-np.inf, np.inf, shape=(len(STATE_KEYS),), dtype=np.float32)
+        # Bounds beyond the reachable range (a measured pose may overshoot its clipped target).
+        spaces["state"] = gym.spaces.Box(
+            low=np.array([-1.0, -1.0, -1.0, -np.pi, 0.0], dtype=np.float32),
+            high=np.array([1.0, 1.0, 1.0, np.pi, 0.2], dtype=np.float32),
+        )
         self.observation_space = gym.spaces.Dict(spaces)
         self._renderer: mujoco.Renderer | None = None
 
@@ -177,7 +193,7 @@ class ManipulationEnv(gym.Env):
         if not np.isfinite(action).all():
             raise ValueError(f"action contains NaN or inf: {action}")
         action = np.clip(action, -1.0, 1.0)
-        lo, hi = (np.array(b) for b in self.config.workspace)
+        lo, hi = np.array(self.config.workspace_low), np.array(self.config.workspace_high)
         self._target[:3] = np.clip(self._target[:3] + action[:3] * self.config.max_step_m, lo, hi)
         if self.config.yaw_control:
             yaw = self._target[3] + action[3] * self.config.max_yaw_step_rad
@@ -205,7 +221,9 @@ class ManipulationEnv(gym.Env):
     def ee_pose(self) -> np.ndarray:
         """End-effector ``(x, y, z, yaw)`` as measured (not the commanded target)."""
         q = self.data.qpos
-        return np.array([q[self._qadr[n]] for n in ("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")])
+        return np.array(
+            [q[self._qadr[n]] for n in ("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")]
+        )
 
     @property
     def gripper_gap(self) -> float:

@@ -1,4 +1,4 @@
-"""Cube picking: lift a 4 cm cube, placed at a random position and yaw, by 5 cm with both fingers."""
+"""Cube picking: lift a 4 cm cube, placed at a random position and yaw, 5 cm with both fingers."""
 
 from __future__ import annotations
 

@@ -39,7 +39,11 @@ class GraspExpert:
         self.rng = np.random.default_rng(seed)
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new episode; with ``seed``, the noise of this episode depends on it alone."""
+        if seed is not None:
+            # A stream distinct from the environment's own generator seeded with the same value.
+            self.rng = np.random.default_rng([seed, 0x5E])
         self.phase = "approach"
         self._timer = 0
         self._hold: np.ndarray | None = None
@@ -55,9 +59,11 @@ class GraspExpert:
         if self.phase == "approach":
             goal = np.array([obj[0], obj[1], obj[2] + self.hover_m, yaw])
             err = goal - ee
-            if np.hypot(*err[:2]) < self.xy_tol_m and abs(err[3]) < self.yaw_tol_rad and abs(
-                err[2]
-            ) < 3 * self.z_tol_m:
+            if (
+                np.hypot(*err[:2]) < self.xy_tol_m
+                and abs(err[3]) < self.yaw_tol_rad
+                and abs(err[2]) < 3 * self.z_tol_m
+            ):
                 self.phase = "descend"
         if self.phase == "descend":
             goal = np.array([obj[0], obj[1], max(obj[2] + self.grasp_dz_m, 0.005), yaw])

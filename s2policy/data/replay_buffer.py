@@ -5,8 +5,8 @@ are contiguous, and ``meta/episode_ends[i]`` is the exclusive end step of episod
 scalars (seeds, success flags) live beside it as ``meta/<name>`` arrays of length ``n_episodes``.
 
 Crash safety: an episode is appended to the ``data/`` arrays first, then to the other ``meta/``
-arrays, and ``meta/episode_ends`` is extended last. ``episode_ends`` is the commit record: steps past
-its last value, or per-episode entries past its length, belong to an interrupted write. Readers
+arrays, and ``meta/episode_ends`` is extended last. ``episode_ends`` is the commit record: steps
+past its last value, or per-episode entries past its length, belong to an interrupted write. Readers
 never see them (:attr:`ReplayBuffer.n_steps` bounds every view) and opening the store with
 ``mode="a"`` truncates them. Chunk files are written atomically by zarr's ``LocalStore``, so
 committed episodes stay intact even when a write is killed.
@@ -137,7 +137,9 @@ class ReplayBuffer:
         try:
             root = zarr.open_group(str(path), mode="r+" if mode == "a" else "r")
         except (zarr.errors.GroupNotFoundError, FileNotFoundError, ValueError) as err:
-            raise ValueError(f"{path} is not a zarr group, so not a ReplayBuffer store: {err}") from err
+            raise ValueError(
+                f"{path} is not a zarr group, so not a ReplayBuffer store: {err}"
+            ) from err
         missing = [k for k in ("data", "meta/episode_ends") if k not in root]
         if missing:
             raise ValueError(

@@ -1,0 +1,58 @@
+# s2policy: `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Headless MuJoCo rendering: EGL with Mesa's software rasterizer on CPU (NVIDIA's EGL on a GPU).
+GL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri
+DEMO_EPISODES ?= 20
+
+.PHONY: setup sysdeps demo test test-fast lint format bench clean
+
+setup: sysdeps $(STAMP)
+
+# Python environment: torch is resolved by pip together with timm (see shared/DESIGN.md pins).
+# robomimic 0.3.0 builds egl_probe with cmake, which needs the policy minimum with cmake >= 4.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	CMAKE_POLICY_VERSION_MINIMUM=3.5 $(PY) -m pip install -q -e '.[dev,robomimic]'
+	@touch $(STAMP)
+
+# System libraries for headless rendering: installed when run as root, else the exact command.
+sysdeps:
+	@if command -v dpkg >/dev/null; then dpkg -s $(GL_PACKAGES) >/dev/null 2>&1; \
+	 else ldconfig -p | grep -q libEGL.so.1; fi; \
+	if [ $$? = 0 ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing headless rendering libraries: $(GL_PACKAGES)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(GL_PACKAGES); \
+	else \
+	    echo "MuJoCo needs EGL for headless rendering; run: sudo apt-get install -y $(GL_PACKAGES)" >&2; \
+	    exit 1; \
+	fi
+
+demo: setup
+	$(PY) collect_demos.py task=cube_pick n_episodes=$(DEMO_EPISODES) overwrite=true
+	@echo "demo dataset: datasets/cube_pick.zarr"
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) benchmarks/env_speed.py
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

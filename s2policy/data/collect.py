@@ -1,0 +1,159 @@
+"""Demonstration collection with a task's scripted expert into a ReplayBuffer store.
+
+Episode ``k`` of a collection is reset with seed ``seed + k`` (``k`` counts attempts, kept or not),
+so a store is reproducible from its config and its ``meta/episode_seeds``. A collection that was
+interrupted, or that is asked for more episodes, continues after the largest stored seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.task import TaskConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CollectConfig:
+    """``configs/collect.yaml``: what to collect, how many episodes, where to."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    #: Number of episodes the store holds when collection ends (existing ones count).
+    n_episodes: int = 20
+    #: Seed of the first episode; attempt ``k`` uses ``seed + k``.
+    seed: int = 0
+    #: Store path; by convention ``datasets/<task>.zarr``.
+    output: str = "datasets/cube_pick.zarr"
+    #: Standard deviation of the Gaussian noise on the expert's motion actions.
+    expert_noise: float = 0.0
+    #: Keep failed episodes too (with ``meta/episode_success`` false); default keeps successes only.
+    keep_failed: bool = False
+    #: Replace an existing store instead of appending to it.
+    overwrite: bool = False
+    #: Give up after this many attempts in one run (0: ``2 * n_episodes + 10``).
+    max_attempts: int = 0
+
+    def __post_init__(self):
+        if self.n_episodes < 1:
+            raise ValueError(f"n_episodes must be >= 1, got {self.n_episodes}")
+        if self.expert_noise < 0:
+            raise ValueError(f"expert_noise must be >= 0, got {self.expert_noise}")
+        if self.max_attempts < 0:
+            raise ValueError(f"max_attempts must be >= 0, got {self.max_attempts}")
+
+
+@dataclass
+class EpisodeResult:
+    seed: int
+    success: bool
+    steps: int
+    kept: bool
+    seconds: float
+
+
+def store_attrs(task: TaskConfig) -> dict[str, Any]:
+    """Root attributes identifying how a store's episodes were made (checked when appending)."""
+    import envs
+
+    return {
+        "task": task.name,
+        "env_id": task.env_id,
+        "env": task.env.to_dict(),
+        "max_episode_steps": task.max_episode_steps,
+        "control_hz": task.env.control_hz,
+        "cameras": list(task.env.cameras),
+        "image_size": list(task.env.image_size),
+        "state_keys": list(envs.STATE_KEYS),
+        "action_dim": 5 if task.env.yaw_control else 4,
+    }
+
+
+def open_for_collection(path: Path, attrs: dict[str, Any], overwrite: bool) -> ReplayBuffer:
+    """Create the store, or open it to append after checking it was made with the same task."""
+    if overwrite or not path.exists():
+        return ReplayBuffer.create(path, attrs=attrs, overwrite=overwrite)
+    buffer = ReplayBuffer.open(path, "a")
+    stored = buffer.attrs
+    diff = {k: (stored.get(k), v) for k, v in attrs.items() if stored.get(k) != v}
+    if diff:
+        details = "; ".join(f"{k}: store has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"{path} was collected with other settings ({details}); collect into a new output "
+            "path or pass overwrite=true to replace it"
+        )
+    return buffer
+
+
+def run_episode(env, expert, seed: int) -> tuple[dict[str, np.ndarray], bool]:
+    """One expert episode; returns per-step arrays (observation before each action, the action,
+    the privileged object state) and whether it succeeded."""
+    obs, info = env.reset(seed=seed)
+    expert.reset(seed=seed)
+    steps: list[dict[str, Any]] = []
+    success = False
+    while True:
+        action = expert.act(obs, info)
+        privileged = {k: v for k, v in info.items() if k != "success"}
+        steps.append({**obs, **privileged, "action": action})
+        obs, _, terminated, truncated, info = env.step(action)
+        success = success or bool(info["success"])
+        if terminated or truncated:
+            break
+    data = {k: np.stack([np.asarray(s[k]) for s in steps]) for k in steps[0]}
+    return data, success
+
+
+def collect_demos(
+    cfg: CollectConfig, on_episode: Callable[[EpisodeResult], None] | None = None
+) -> ReplayBuffer:
+    """Fill ``cfg.output`` with ``cfg.n_episodes`` expert episodes and return the store."""
+    path = Path(cfg.output)
+    buffer = open_for_collection(path, store_attrs(cfg.task), cfg.overwrite)
+    seeds = buffer.get_meta("episode_seeds") if buffer.n_episodes else np.array([], np.int64)
+    next_seed = int(seeds.max()) + 1 if len(seeds) else cfg.seed
+    needed = cfg.n_episodes - buffer.n_episodes
+    if needed <= 0:
+        logger.info("%s already holds %d episodes", path, buffer.n_episodes)
+        return buffer
+    env = cfg.task.make_env()
+    expert = env.unwrapped.expert(env, noise=cfg.expert_noise)
+    max_attempts = cfg.max_attempts or 2 * needed + 10
+    try:
+        for attempt in range(max_attempts):
+            if buffer.n_episodes >= cfg.n_episodes:
+                break
+            seed = next_seed + attempt
+            start = time.perf_counter()
+            data, success = run_episode(env, expert, seed)
+            kept = success or cfg.keep_failed
+            if kept:
+                buffer.add_episode(
+                    data,
+                    meta={
+                        "episode_seeds": np.int64(seed),
+                        "episode_success": np.bool_(success),
+                        "episode_expert_noise": np.float32(cfg.expert_noise),
+                    },
+                )
+            result = EpisodeResult(
+                seed, success, len(data["action"]), kept, time.perf_counter() - start
+            )
+            if on_episode is not None:
+                on_episode(result)
+    finally:
+        env.close()
+    if buffer.n_episodes < cfg.n_episodes:
+        raise RuntimeError(
+            f"the expert succeeded too rarely: {buffer.n_episodes}/{cfg.n_episodes} episodes after "
+            f"{max_attempts} attempts; lower expert_noise or raise max_attempts"
+        )
+    return buffer

@@ -1,0 +1,137 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from s2policy.data.collect import CollectConfig, collect_demos
+from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.task import TaskConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL_ENV = {"image_size": (24, 24), "shadow_size": 0}
+
+
+def small_cfg(tmp_path, **kw):
+    task = TaskConfig(env=SMALL_ENV)
+    return CollectConfig(task=task, output=str(tmp_path / "demo.zarr"), **kw)
+
+
+def assert_stores_equal(a: ReplayBuffer, b: ReplayBuffer):
+    assert a.keys() == b.keys() and a.n_episodes == b.n_episodes
+    np.testing.assert_array_equal(a.episode_ends, b.episode_ends)
+    for key in a.keys():
+        np.testing.assert_array_equal(a[key][:], b[key][:])
+    np.testing.assert_array_equal(a.get_meta("episode_seeds"), b.get_meta("episode_seeds"))
+
+
+def test_collect_writes_a_replay_buffer(tmp_path):
+    results = []
+    buf = collect_demos(small_cfg(tmp_path, n_episodes=3, seed=5), on_episode=results.append)
+    assert buf.n_episodes == 3
+    assert set(buf.keys()) == {
+        "front",
+        "wrist",
+        "state",
+        "action",
+        "cube_pos",
+        "cube_quat",
+        "cube_yaw",
+    }
+    assert buf["front"].shape[1:] == (24, 24, 3) and buf["action"].shape[1:] == (5,)
+    np.testing.assert_array_equal(buf.get_meta("episode_seeds"), [5, 6, 7])
+    assert buf.get_meta("episode_success").all()
+    attrs = buf.attrs
+    assert attrs["task"] == "cube_pick" and attrs["control_hz"] == 10
+    assert attrs["cameras"] == ["front", "wrist"] and attrs["env"]["image_size"] == [24, 24]
+    assert [r.seed for r in results] == [5, 6, 7]
+    assert np.abs(buf["action"][:]).max() <= 1.0
+
+
+def test_collect_appends_with_continuing_seeds_and_matches_one_run(tmp_path):
+    collect_demos(small_cfg(tmp_path, n_episodes=2))
+    buf = collect_demos(small_cfg(tmp_path, n_episodes=4))
+    np.testing.assert_array_equal(buf.get_meta("episode_seeds"), [0, 1, 2, 3])
+    one_run = collect_demos(small_cfg(tmp_path / "b", n_episodes=4))
+    assert_stores_equal(ReplayBuffer.open(buf.path), one_run)
+
+
+def test_collect_refuses_a_store_made_with_other_settings(tmp_path):
+    collect_demos(small_cfg(tmp_path, n_episodes=1))
+    cfg = small_cfg(tmp_path, n_episodes=2)
+    cfg.task.env.image_size = (32, 32)
+    with pytest.raises(ValueError, match="other settings.*image_size.*overwrite=true"):
+        collect_demos(cfg)
+    cfg.overwrite = True
+    assert collect_demos(cfg).n_episodes == 2
+
+
+def test_keep_failed_and_giving_up(tmp_path):
+    cfg = small_cfg(tmp_path, n_episodes=2, keep_failed=True)
+    cfg.task.max_episode_steps = 3  # too short for the expert: every episode fails
+    buf = collect_demos(cfg)
+    assert buf.n_episodes == 2 and not buf.get_meta("episode_success").any()
+    cfg = small_cfg(tmp_path / "b", n_episodes=2, max_attempts=3)
+    cfg.task.max_episode_steps = 3
+    with pytest.raises(RuntimeError, match="succeeded too rarely: 0/2 episodes after 3 attempts"):
+        collect_demos(cfg)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [({"n_episodes": 0}, "n_episodes"), ({"expert_noise": -1.0}, "expert_noise")],
+)
+def test_bad_collect_config(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        small_cfg(tmp_path, **kw)
+    with pytest.raises(ValueError, match="unknown task 'cube_pik'"):
+        TaskConfig(name="cube_pik")
+
+
+def collect_cmd(out, n):
+    return [
+        sys.executable,
+        str(ROOT / "collect_demos.py"),
+        f"output={out}",
+        f"n_episodes={n}",
+        "task.env.image_size=[24,24]",
+        "task.env.shadow_size=0",
+        "hydra.run.dir=" + str(out) + "_log",
+    ]
+
+
+@pytest.mark.slow
+def test_killed_collection_leaves_a_consistent_store_and_resumes(tmp_path):
+    out, n = tmp_path / "killed.zarr", 30
+    proc = subprocess.Popen(
+        collect_cmd(out, n), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (out / "meta" / "episode_ends").exists() and ReplayBuffer.open(out).n_episodes >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = ReplayBuffer.open(out)
+    assert 3 <= partial.n_episodes < n, "collection ended before it could be killed"
+    for key in partial.keys():  # every committed step is readable
+        assert len(partial[key][:]) == partial.n_steps
+    subprocess.run(collect_cmd(out, n), cwd=ROOT, check=True, capture_output=True)
+    resumed = ReplayBuffer.open(out)
+    assert resumed.n_episodes == n
+    subprocess.run(
+        collect_cmd(tmp_path / "clean.zarr", n), cwd=ROOT, check=True, capture_output=True
+    )
+    assert_stores_equal(resumed, ReplayBuffer.open(tmp_path / "clean.zarr"))
+
+
+def test_config_typo_fails_at_start(tmp_path):
+    cmd = collect_cmd(tmp_path / "x.zarr", 1) + ["task.env.imag_size=[8,8]"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "imag_size" in proc.stderr and not (tmp_path / "x.zarr").exists()
