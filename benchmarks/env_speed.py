@@ -57,8 +57,10 @@ def main() -> None:
     args = parser.parse_args()
     seconds = 0.5 if args.quick else 3.0
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}, dtype: float64 physics")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}, dtype: float64 physics"
+    )
     physics = physics_steps_per_s(seconds)
     base = control_steps_per_s(seconds, cameras=())
     substeps = envs.make("cube_pick", cameras=()).unwrapped.n_substeps
@@ -71,8 +73,9 @@ def main() -> None:
             rate = control_steps_per_s(
                 seconds, image_size=(size, size), cameras=("front", "wrist"), shadow_size=shadow
             )
-            rows.append(("control step + front & wrist render", f"{size}x{size}", shadow, rate,
-                         rate / base))
+            rows.append(
+                ("control step + front & wrist render", f"{size}x{size}", shadow, rate, rate / base)
+            )
     print(f"{'what':44s} {'image':>9s} {'shadow':>7s} {'steps/s':>10s} {'vs state-only':>14s}")
     for what, image, shadow, rate, ratio in rows:
         ratio_s = "" if ratio is None else f"{ratio:.3f}x"

@@ -1,6 +1,6 @@
 """Scripted-expert success rate over consecutive seeds, with a Wilson 95 % interval.
 
-    python benchmarks/expert_success.py --task cube_pick --seeds 100 --noise 0 0.1 0.3
+python benchmarks/expert_success.py --task cube_pick --seeds 100 --noise 0 0.1 0.3
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ def main() -> None:
             wins += success
             steps += len(data["action"])
         rate = success_rate(wins, args.seeds)
-        print(f"{noise:12.2f}  {str(rate):32s} {steps / args.seeds:10.1f} "
-              f"{time.perf_counter() - start:6.1f}")
+        print(
+            f"{noise:12.2f}  {str(rate):32s} {steps / args.seeds:10.1f} "
+            f"{time.perf_counter() - start:6.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ def init_distributed() -> tuple[int, int]:
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
-        logger.info("joined process group: rank %d of %d (%s)", torch.distributed.get_rank(),
-                    world, backend)
+        logger.info(
+            "joined process group: rank %d of %d (%s)", torch.distributed.get_rank(), world, backend
+        )
     return torch.distributed.get_rank(), world
 
 

@@ -41,15 +41,20 @@ class BackboneSpec:
 #: Named backbones. ``vit_micro``/``vit_nano`` are CPU-sized for tests and demos.
 BACKBONES: dict[str, BackboneSpec] = {
     "vit_nano": BackboneSpec(
-        "vit_tiny_patch16_224", 32, {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2},
+        "vit_tiny_patch16_224",
+        32,
+        {"patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 2},
         "test-sized ViT: patch 8, width 48, depth 2",
     ),
     "vit_micro": BackboneSpec(
-        "vit_tiny_patch16_224", 64, {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3},
+        "vit_tiny_patch16_224",
+        64,
+        {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3},
         "CPU demo ViT: patch 8, width 96, depth 4",
     ),
     "vit_nano_reg": BackboneSpec(
-        "vit_small_patch14_reg4_dinov2", 28,
+        "vit_small_patch14_reg4_dinov2",
+        28,
         {"patch_size": 7, "embed_dim": 48, "depth": 2, "num_heads": 2},
         "test-sized ViT with 4 register tokens (DINOv2-style), patch 7",
     ),
@@ -97,7 +102,8 @@ def build_backbone(
     patch = model.patch_embed.patch_size[0]
     if img_size % patch:
         raise ValueError(
-            f"tile size {img_size} of backbone {name!r} must be a multiple of its patch size {patch}"
+            f"tile size {img_size} of backbone {name!r} must be a multiple of its patch size "
+            f"{patch}"
         )
     source = "random" if weights is None else load_weights(model, weights, name)
     model.eval().requires_grad_(False)
@@ -160,8 +166,15 @@ def load_weights(model: nn.Module, weights: str | Path, name: str) -> str:
             )
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    state = checkpoint_filter_fn(state, model)  # other layouts, position-embedding resize
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        state = checkpoint_filter_fn(state, model)  # other layouts, position-embedding resize
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, KeyError, ValueError) as err:
+        mismatches = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
+        raise ValueError(
+            f"weights {path} do not fit backbone {name!r} "
+            f"({'; '.join(mismatches[:3]) or err}); is it a checkpoint of another architecture?"
+        ) from err
     missing = [k for k in missing if not k.startswith("head")]
     unexpected = [k for k in unexpected if not k.startswith("head")]
     if missing or unexpected:
@@ -182,9 +195,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
+            lines = [ln.strip() for ln in str(err).splitlines() if "error" in ln.lower()]
+            reason = lines[-1] if lines else type(err).__name__
             raise ValueError(
-                f"cannot read {path} as a weights-only torch checkpoint ({err}); "
-                "convert it to .safetensors"
+                f"cannot read {path} as a weights-only torch checkpoint ({reason}); s2policy "
+                "never unpickles code: convert it to .safetensors"
             ) from err
     for key in ("model", "state_dict", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -224,6 +239,6 @@ def _hub_cache_file(name: str) -> Path:
         f"pretrained weights of {name!r} (timm {spec.timm_name!r}, hub {hub_id!r}) are not in "
         "the local HuggingFace cache, and s2policy never downloads at run time; on a machine "
         f"with network run python -c \"import timm; timm.create_model('{spec.timm_name}', "
-        "pretrained=True)\" and copy ~/.cache/huggingface here, or save the weights as a "
+        'pretrained=True)" and copy ~/.cache/huggingface here, or save the weights as a '
         ".safetensors file and pass encoder.weights=<path>"
     )

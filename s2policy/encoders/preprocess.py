@@ -14,9 +14,7 @@ def frames_to_tensor(
     """uint8 frames ``(B, H, W, 3)`` -> float32 ``(B, 3, H, W)`` in [0, 1] on ``device``."""
     x = torch.as_tensor(np.asarray(frames)) if not isinstance(frames, torch.Tensor) else frames
     if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
-        raise ValueError(
-            f"frames must be uint8 (B, H, W, 3), got {x.dtype} {tuple(x.shape)}"
-        )
+        raise ValueError(f"frames must be uint8 (B, H, W, 3), got {x.dtype} {tuple(x.shape)}")
     if pin_memory and torch.cuda.is_available():
         x = x.pin_memory()
     x = x.to(device, non_blocking=pin_memory)

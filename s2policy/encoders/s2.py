@@ -106,22 +106,38 @@ class S2Encoder(nn.Module):
         tiles = []
         for rows, cols in grids:
             size = (rows * self.base_size, cols * self.base_size)
-            scaled = x if size == (height, width) else F.interpolate(
-                x, size=size, mode="bicubic", align_corners=False, antialias=self.antialias
+            scaled = (
+                x
+                if size == (height, width)
+                else F.interpolate(
+                    x, size=size, mode="bicubic", align_corners=False, antialias=self.antialias
+                )
             )
-            tiles.append(rearrange(scaled, "b c (nh h) (nw w) -> (b nh nw) c h w", nh=rows, nw=cols))
+            tiles.append(
+                rearrange(scaled, "b c (nh h) (nw w) -> (b nh nw) c h w", nh=rows, nw=cols)
+            )
         tokens = self.backbone.forward_features(torch.cat(tiles).to(images.dtype))
         gh, gw = self.backbone_cfg["grid_size"]
         p = self.num_prefix_tokens
         prefixes, maps = [], []
-        for (rows, cols), out in zip(grids, tokens.split([batch * r * c for r, c in grids]), strict=True):
+        for (rows, cols), out in zip(
+            grids, tokens.split([batch * r * c for r, c in grids]), strict=True
+        ):
             prefixes.append(reduce(out[:, :p], "(b n) p d -> b p d", "mean", b=batch))
-            maps.append(rearrange(
-                out[:, p:], "(b nh nw) (h w) d -> b d (nh h) (nw w)", nh=rows, nw=cols, h=gh, w=gw
-            ))
+            maps.append(
+                rearrange(
+                    out[:, p:],
+                    "(b nh nw) (h w) d -> b d (nh h) (nw w)",
+                    nh=rows,
+                    nw=cols,
+                    h=gh,
+                    w=gw,
+                )
+            )
         target = maps[0 if self.output_grid == "smallest" else -1].shape[-2:]
         maps = [
-            m if m.shape[-2:] == target
+            m
+            if m.shape[-2:] == target
             else F.interpolate(m.float(), size=target, mode="area").to(m.dtype)
             for m in maps
         ]
@@ -225,6 +241,8 @@ class EncoderConfig:
 def build_encoder(cfg: EncoderConfig) -> S2Encoder:
     """The frozen S² encoder that ``cfg`` describes (eval mode, no gradients)."""
     base = cfg.base_size or min(cfg.scales)
-    backbone, bcfg = build_backbone(cfg.backbone, cfg.weights, img_size=base, init_seed=cfg.init_seed)
+    backbone, bcfg = build_backbone(
+        cfg.backbone, cfg.weights, img_size=base, init_seed=cfg.init_seed
+    )
     encoder = S2Encoder(backbone, bcfg, cfg.scales, base, cfg.pool, cfg.antialias, cfg.output_grid)
     return encoder.eval().requires_grad_(False)

@@ -68,7 +68,9 @@ def fingerprint(identity: str, spec: dict[str, Any], dtype: str) -> str:
 
 
 def resolve_cameras(buffer: ReplayBuffer, cameras: list[str] | None) -> list[str]:
-    available = list(buffer.attrs.get("cameras") or [k for k in buffer.keys() if _is_image(buffer, k)])
+    available = list(
+        buffer.attrs.get("cameras") or [k for k in buffer.keys() if _is_image(buffer, k)]
+    )
     cameras = list(cameras or available)
     missing = [c for c in cameras if c not in buffer.keys()]
     if missing or not cameras:
@@ -121,7 +123,9 @@ def cache_fingerprint(
 ) -> str:
     """The fingerprint of ``encoder``'s cache on ``store``'s current frames."""
     buffer = ReplayBuffer.open(store)
-    return fingerprint(dataset_identity(buffer, resolve_cameras(buffer, cameras)), encoder.spec(), dtype)
+    return fingerprint(
+        dataset_identity(buffer, resolve_cameras(buffer, cameras)), encoder.spec(), dtype
+    )
 
 
 def open_cache(
@@ -137,8 +141,11 @@ def open_cache(
     if fp not in caches:
         others = "; ".join(
             f"{c.fingerprint}: {describe_spec(c.attrs['spec'])} dtype={c.attrs['dtype']}"
-            + ("" if c.attrs.get("dataset_identity") == dataset_identity(buffer, c.attrs["cameras"])
-               else " (stale: the dataset changed since)")
+            + (
+                ""
+                if c.attrs.get("dataset_identity") == dataset_identity(buffer, c.attrs["cameras"])
+                else " (stale: the dataset changed since)"
+            )
             for c in caches.values()
         )
         raise CacheError(
@@ -155,7 +162,9 @@ def open_cache(
         )
     absent = [c for c in cameras if c not in info.attrs["cameras"]]
     if absent:
-        raise CacheError(f"feature cache {fp} has no camera {absent}; it has {info.attrs['cameras']}")
+        raise CacheError(
+            f"feature cache {fp} has no camera {absent}; it has {info.attrs['cameras']}"
+        )
     return info
 
 
@@ -215,7 +224,9 @@ def build_cache(
         if all((group[f"done/{c}"][:] == 1).all() for c in cameras):
             group.attrs["complete"] = True
     _barrier(world)
-    return CacheInfo(fp, Path(store), zarr.open_group(str(store))[f"{FEATURES}/{fp}"].attrs.asdict())
+    return CacheInfo(
+        fp, Path(store), zarr.open_group(str(store))[f"{FEATURES}/{fp}"].attrs.asdict()
+    )
 
 
 @torch.inference_mode()
@@ -251,7 +262,9 @@ def verify_cache(
     device = next(encoder.parameters()).device
     worst = 0.0
     for cam in cameras or info.attrs["cameras"]:
-        idx = np.sort(rng.choice(buffer.n_steps, size=min(n_samples, buffer.n_steps), replace=False))
+        idx = np.sort(
+            rng.choice(buffer.n_steps, size=min(n_samples, buffer.n_steps), replace=False)
+        )
         live = encode_frames(encoder, buffer[cam][idx], len(idx), dtype, device)
         cached = info.features(cam).oindex[idx].astype(np.float32)
         diff = np.abs(live - cached)
@@ -289,23 +302,28 @@ def _create_group(buffer, fp, cameras, encoder, identity, spec, dtype, chunk_ste
         if buffer[cam].shape[1:3] != (height, width):
             raise CacheError(f"cameras {cameras} have different image sizes; cache them apart")
         group.create_array(
-            cam, shape=(buffer.n_steps, *shape), chunks=(chunk_steps, *shape), dtype="float16",
+            cam,
+            shape=(buffer.n_steps, *shape),
+            chunks=(chunk_steps, *shape),
+            dtype="float16",
             compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
         )
         group.require_group("done").create_array(cam, shape=(n_chunks,), chunks=(1,), dtype="uint8")
-    group.attrs.update({
-        "fingerprint": fp,
-        "spec": spec,
-        "weights_digest": spec["backbone"]["weights_digest"],
-        "dtype": dtype,
-        "storage_dtype": "float16",
-        "dataset_identity": identity,
-        "cameras": cameras,
-        "n_steps": buffer.n_steps,
-        "feature_shape": list(shape),
-        "chunk_steps": chunk_steps,
-        "complete": False,
-    })
+    group.attrs.update(
+        {
+            "fingerprint": fp,
+            "spec": spec,
+            "weights_digest": spec["backbone"]["weights_digest"],
+            "dtype": dtype,
+            "storage_dtype": "float16",
+            "dataset_identity": identity,
+            "cameras": cameras,
+            "n_steps": buffer.n_steps,
+            "feature_shape": list(shape),
+            "chunk_steps": chunk_steps,
+            "complete": False,
+        }
+    )
 
 
 def _prefetch(

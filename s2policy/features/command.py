@@ -59,7 +59,8 @@ def run_cache_command(
             a = c.attrs
             status = "complete" if c.complete else "INCOMPLETE"
             rows.append(
-                f"{c.fingerprint}  {status:10s} {cache.describe_spec(a['spec'])} dtype={a['dtype']} "
+                f"{c.fingerprint}  {status:10s} {cache.describe_spec(a['spec'])} "
+                f"dtype={a['dtype']} "
                 f"cameras={a['cameras']} shape={a['feature_shape']} steps={a['n_steps']}"
             )
         return rows or [f"no feature caches in {store}"]
@@ -76,9 +77,11 @@ def run_cache_command(
         info = cache.build_cache(
             store, encoder, cfg.cameras, cfg.batch_size, cfg.chunk_steps, dtype, on_chunk
         )
-        return [f"cache {info.fingerprint} in {store}/features/{info.fingerprint}: "
-                f"cameras {info.attrs['cameras']}, shape {info.attrs['feature_shape']}, "
-                f"complete={info.complete}"]
+        return [
+            f"cache {info.fingerprint} in {store}/features/{info.fingerprint}: "
+            f"cameras {info.attrs['cameras']}, shape {info.attrs['feature_shape']}, "
+            f"complete={info.complete}"
+        ]
     if cfg.action == "verify":
         worst = cache.verify_cache(store, encoder, cfg.cameras, dtype, cfg.n_verify)
         return [f"cache verified: {cfg.n_verify} frames per camera, max |difference| {worst:.3g}"]
