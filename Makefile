@@ -53,6 +53,9 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/env_speed.py
+	$(PY) benchmarks/expert_success.py --seeds 100
+	$(PY) benchmarks/encoder_throughput.py
+	$(PY) benchmarks/cache_pipeline.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
