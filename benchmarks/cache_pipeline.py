@@ -50,8 +50,10 @@ def main() -> None:
 
     # (a) encoder only: frames already converted and resident on the device
     images = frames_to_tensor(frames, device)
-    with torch.inference_mode(), torch.autocast(device.type, DTYPES[dtype],
-                                                enabled=dtype != "float32"):
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, DTYPES[dtype], enabled=dtype != "float32"),
+    ):
         for i in range(0, args.steps, args.batch):  # warm-up pass
             enc(images[i : i + args.batch])
         if device.type == "cuda":
@@ -74,10 +76,17 @@ def main() -> None:
             torch.cuda.synchronize()
         pipeline = args.steps / (time.perf_counter() - start)
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores")
-    print(f"device: {name}; dtype {dtype}; {args.backbone} scales {args.scales}; "
-          f"{args.steps} frames {args.image_size}x{args.image_size}; batch {args.batch}")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (
+            f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
+        )
+    )
+    print(
+        f"device: {name}; dtype {dtype}; {args.backbone} scales {args.scales}; "
+        f"{args.steps} frames {args.image_size}x{args.image_size}; batch {args.batch}"
+    )
     print(f"{'what':28s} {'frames/s':>10s}")
     print(f"{'encoder only':28s} {encoder_only:10.1f}")
     print(f"{'cache pipeline (end to end)':28s} {pipeline:10.1f}")

@@ -23,8 +23,9 @@ from s2policy.runtime import resolve_device, resolve_dtype
 
 
 def images_per_s(fn, images, dtype, device, min_seconds: float, warmup: int = 2) -> float:
-    with torch.inference_mode(), torch.autocast(
-        device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"),
     ):
         for _ in range(warmup):
             fn(images)
@@ -69,26 +70,47 @@ def main() -> None:
     def reference(x):
         x = (x - ours.mean) / ours.std
         return s2wrapper.forward(
-            ours.backbone.forward_features, x, img_sizes=list(scales),
+            ours.backbone.forward_features,
+            x,
+            img_sizes=list(scales),
             num_prefix_token=ours.num_prefix_tokens,
         )
 
     gflops_single, gflops_s2 = single.gflops_per_image(), ours.gflops_per_image()
     rows = [
-        (f"single scale {scales[0]}", images_per_s(single, images, dtype, device, args.seconds),
-         gflops_single),
-        ("s2wrapper.forward (reference)", images_per_s(reference, images, dtype, device,
-                                                        args.seconds), gflops_s2),
-        ("ours, plain bicubic (as reference)", images_per_s(ours_ref_resize, images, dtype, device,
-                                                            args.seconds), gflops_s2),
-        ("ours, antialiased (default)", images_per_s(ours, images, dtype, device, args.seconds),
-         gflops_s2),
+        (
+            f"single scale {scales[0]}",
+            images_per_s(single, images, dtype, device, args.seconds),
+            gflops_single,
+        ),
+        (
+            "s2wrapper.forward (reference)",
+            images_per_s(reference, images, dtype, device, args.seconds),
+            gflops_s2,
+        ),
+        (
+            "ours, plain bicubic (as reference)",
+            images_per_s(ours_ref_resize, images, dtype, device, args.seconds),
+            gflops_s2,
+        ),
+        (
+            "ours, antialiased (default)",
+            images_per_s(ours, images, dtype, device, args.seconds),
+            gflops_s2,
+        ),
     ]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores")
-    print(f"device: {name}; dtype {dtype}; backbone {args.backbone}; scales {list(scales)}; "
-          f"batch {args.batch}; params {ours.backbone_cfg['params'] / 1e6:.1f} M"
-          f"{'; torch.compile' if args.compile else ''}")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (
+            f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
+        )
+    )
+    print(
+        f"device: {name}; dtype {dtype}; backbone {args.backbone}; scales {list(scales)}; "
+        f"batch {args.batch}; params {ours.backbone_cfg['params'] / 1e6:.1f} M"
+        f"{'; torch.compile' if args.compile else ''}"
+    )
     ref_rate = rows[1][1]
     header = f"{'encoder':36s} {'img/s':>9s} {'GFLOPs/img':>11s} {'vs reference':>13s}"
     print(header + ("  MFU" if device.type == "cuda" else ""))

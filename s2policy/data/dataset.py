@@ -1,0 +1,139 @@
+"""Training data on cached features: every array of a store in memory as tensors, plus window
+index tables per split, so a batch is one gather (no per-sample Python, no DataLoader)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.sampler import episode_windows, split_episodes
+from s2policy.features.cache import CacheInfo
+
+logger = logging.getLogger(__name__)
+LOWDIM_KEYS = ("state", "action")
+
+
+def check_finite(key: str, values: np.ndarray) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        step = int(np.argwhere(bad)[0][0])
+        raise ValueError(
+            f"{key!r} contains NaN or inf (first at step {step}, {int(bad.sum())} values); "
+            "fix or drop those episodes before training"
+        )
+
+
+@dataclass
+class WindowSpec:
+    n_obs_steps: int
+    horizon: int
+    n_action_steps: int
+
+
+class CachedFeatureData:
+    """Windows of (features per camera, state) observations and action chunks.
+
+    Args:
+        store: the ReplayBuffer store.
+        cache: the complete feature cache to read (``None`` with ``cameras=[]``: blind policy).
+        cameras: cameras whose features are observed.
+        windows: observation/action window sizes.
+        val_ratio, seed: episode split.
+        device: where the tensors live (GPU memory for fast training when it fits).
+    """
+
+    def __init__(
+        self,
+        store: str,
+        cache: CacheInfo | None,
+        cameras: list[str],
+        windows: WindowSpec,
+        val_ratio: float = 0.1,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ):
+        buffer = ReplayBuffer.open(store)
+        if buffer.n_episodes == 0:
+            raise ValueError(f"{store} holds no episodes")
+        self.cameras = list(cameras)
+        self.windows = windows
+        self.device = torch.device(device)
+        self.arrays: dict[str, torch.Tensor] = {}
+        for key in LOWDIM_KEYS:
+            if key not in buffer.keys():
+                raise ValueError(f"{store} has no {key!r} array; keys: {buffer.keys()}")
+            values = np.asarray(buffer[key][:], dtype=np.float32)
+            check_finite(key, values)
+            self.arrays[key] = torch.from_numpy(values).to(self.device)
+        if self.cameras and cache is None:
+            raise ValueError("cameras were requested but no feature cache was given")
+        for cam in self.cameras:
+            if cam not in cache.attrs["cameras"]:
+                raise ValueError(
+                    f"camera {cam!r} is not in feature cache {cache.fingerprint} (cameras: "
+                    f"{cache.attrs['cameras']}; store cameras: {buffer.attrs.get('cameras')})"
+                )
+            feats = cache.features(cam)[:]  # float16 (T, *feature_shape), kept in half precision
+            check_finite(f"features/{cam}", feats.reshape(len(feats), -1))
+            self.arrays[cam] = torch.from_numpy(feats).to(self.device)
+        self.train_episodes, self.val_episodes = split_episodes(buffer.n_episodes, val_ratio, seed)
+        ends = buffer.episode_ends
+        pad = (windows.n_obs_steps - 1, windows.n_action_steps - 1)
+        self.index = {
+            "train": torch.from_numpy(
+                episode_windows(ends, self.train_episodes, windows.horizon, *pad)
+            ),
+            "val": torch.from_numpy(
+                episode_windows(ends, self.val_episodes, windows.horizon, *pad)
+            ),
+        }
+        self.train_steps = np.concatenate(
+            [
+                np.arange(s, e)
+                for s, e in zip(
+                    np.r_[0, ends[:-1]][self.train_episodes], ends[self.train_episodes], strict=True
+                )
+            ]
+        )
+
+    @property
+    def shape_meta(self) -> dict[str, Any]:
+        return {
+            "features": {c: list(self.arrays[c].shape[1:]) for c in self.cameras},
+            "state": list(self.arrays["state"].shape[1:]),
+            "action": list(self.arrays["action"].shape[1:]),
+        }
+
+    def fit_data(self, key: str) -> torch.Tensor:
+        """Values of ``key`` at the training-split steps (for the normalizer)."""
+        return self.arrays[key][torch.from_numpy(self.train_steps).to(self.device)].float()
+
+    def __len__(self) -> int:
+        return len(self.index["train"])
+
+    def n_windows(self, split: str) -> int:
+        return len(self.index[split])
+
+    def batch(self, split: str, rows: torch.Tensor) -> dict[str, Any]:
+        """Windows ``rows`` of ``split`` -> ``{"obs": {cam/state: (B, T_obs, ...)},
+        "action": (B, horizon, A)}``."""
+        win = self.index[split][rows].to(self.device)  # (B, horizon) global step indices
+        obs_idx = win[:, : self.windows.n_obs_steps]
+        obs = {cam: self.arrays[cam][obs_idx] for cam in self.cameras}
+        obs["state"] = self.arrays["state"][obs_idx]
+        return {"obs": obs, "action": self.arrays["action"][win]}
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, Any]:
+        rows = torch.randint(0, len(self), (batch_size,), generator=generator)
+        return self.batch("train", rows)
+
+    def iterate(self, split: str, batch_size: int):
+        for start in range(0, self.n_windows(split), batch_size):
+            yield self.batch(
+                split, torch.arange(start, min(start + batch_size, self.n_windows(split)))
+            )

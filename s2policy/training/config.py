@@ -1,0 +1,83 @@
+"""Typed configs of a training run (``configs/config.yaml`` and ``configs/train/*.yaml``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from s2policy.encoders.s2 import EncoderConfig
+from s2policy.task import TaskConfig
+
+
+@dataclass
+class TrainConfig:
+    """Optimization and bookkeeping of one training run."""
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 100
+    #: Gradient-norm clipping (0: off).
+    grad_clip: float = 1.0
+    #: Fraction of episodes held out for the validation loss.
+    val_ratio: float = 0.1
+    val_every: int = 200
+    log_every: int = 50
+    #: Save ``checkpoint/`` (with training state) every this many steps, and at the end.
+    ckpt_every: int = 500
+    seed: int = 0
+    #: ``auto`` (GPU when present), ``cpu``, ``cuda``.
+    device: str = "auto"
+    #: Autocast dtype: ``auto`` (bfloat16 on GPU, float32 on CPU), ``float32``, ``bfloat16``.
+    dtype: str = "auto"
+    #: Continue from ``<output_dir>/checkpoint`` when it exists.
+    resume: bool = False
+    #: Build the feature cache when it is missing (false: fail, listing the caches present).
+    build_cache: bool = True
+    #: Feature-cache build options (used when the cache is missing).
+    cache_batch_size: int = 64
+    cache_chunk_steps: int = 256
+
+    def __post_init__(self):
+        for name in (
+            "steps",
+            "batch_size",
+            "val_every",
+            "log_every",
+            "ckpt_every",
+            "cache_batch_size",
+            "cache_chunk_steps",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ValueError("train.lr must be > 0 and weight_decay, grad_clip, warmup_steps >= 0")
+        if not 0 <= self.val_ratio < 1:
+            raise ValueError(f"train.val_ratio must be in [0, 1), got {self.val_ratio}")
+
+
+@dataclass
+class RunConfig:
+    """``configs/config.yaml``: one policy trained on one dataset with one encoder."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    #: A policy config (``configs/policy/mlp.yaml``, ``diffusion.yaml``).
+    policy: Any = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    #: The demonstration store; by convention ``datasets/<task>.zarr``.
+    dataset: str = "datasets/cube_pick.zarr"
+    #: Name of the run (its directory under ``outputs/<task>/``).
+    run_name: str = "run"
+    #: Run directory (hydra's output directory by default).
+    output_dir: str = "outputs/run"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["task"] = self.task.to_dict()
+        d["encoder"] = self.encoder.to_dict()
+        return d
