@@ -33,9 +33,12 @@ sysdeps:
 	    exit 1; \
 	fi
 
+# The small embedded default: demonstrations -> S² feature cache -> policy (CPU, minutes).
 demo: setup
-	$(PY) collect_demos.py task=cube_pick n_episodes=$(DEMO_EPISODES) overwrite=true
-	@echo "demo dataset: datasets/cube_pick.zarr"
+	$(PY) collect_demos.py task=cube_pick n_episodes=$(DEMO_EPISODES)
+	$(PY) cache_features.py dataset=datasets/cube_pick.zarr encoder=micro_s2
+	$(PY) train_policy.py experiment=demo
+	@echo "demo dataset: datasets/cube_pick.zarr; policy: outputs/cube_pick/micro_s2_mlp_seed0/checkpoint"
 
 test: setup
 	$(PY) -m pytest
@@ -56,6 +59,7 @@ bench: setup
 	$(PY) benchmarks/expert_success.py --seeds 100
 	$(PY) benchmarks/encoder_throughput.py
 	$(PY) benchmarks/cache_pipeline.py
+	$(PY) benchmarks/train_speed.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
