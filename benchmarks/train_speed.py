@@ -54,20 +54,32 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    encoder = build_encoder(EncoderConfig(backbone=args.backbone, scales=tuple(args.scales))).to(device)
-    pcfg = (MLPPolicyConfig() if args.policy == "mlp" else DiffusionPolicyConfig())
+    encoder = build_encoder(EncoderConfig(backbone=args.backbone, scales=tuple(args.scales))).to(
+        device
+    )
+    pcfg = MLPPolicyConfig() if args.policy == "mlp" else DiffusionPolicyConfig()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         buf = ReplayBuffer.create(Path(tmp) / "bench.zarr", attrs={"cameras": CAMERAS})
         for _ in range(args.steps // 50):
             size = (50, args.image_size, args.image_size, 3)
-            buf.add_episode({**{c: rng.integers(0, 256, size, np.uint8) for c in CAMERAS},
-                             "state": rng.normal(size=(50, 5)).astype(np.float32),
-                             "action": rng.uniform(-1, 1, (50, 5)).astype(np.float32)})
+            buf.add_episode(
+                {
+                    **{c: rng.integers(0, 256, size, np.uint8) for c in CAMERAS},
+                    "state": rng.normal(size=(50, 5)).astype(np.float32),
+                    "action": rng.uniform(-1, 1, (50, 5)).astype(np.float32),
+                }
+            )
         cache = build_cache(buf.path, encoder, CAMERAS, batch_size=64)
-        data = CachedFeatureData(str(buf.path), cache, CAMERAS,
-                                 WindowSpec(pcfg.n_obs_steps, pcfg.horizon, pcfg.n_action_steps),
-                                 0.0, 0, device)
+        data = CachedFeatureData(
+            str(buf.path),
+            cache,
+            CAMERAS,
+            WindowSpec(pcfg.n_obs_steps, pcfg.horizon, pcfg.n_action_steps),
+            0.0,
+            0,
+            device,
+        )
         frames = {c: torch.from_numpy(buf[c][:]).to(device) for c in CAMERAS}
         policy = make_policy(pcfg, data.shape_meta, fit_normalizer(data, True)).to(device)
         opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
@@ -94,10 +106,17 @@ def main() -> None:
 
         cached = steps_per_s(cached_step, args.seconds, device) * args.batch
         reencode = steps_per_s(reencode_step, args.seconds, device) * args.batch
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores")
-    print(f"device: {name}; fp32; {args.policy} policy; encoder {args.backbone} scales "
-          f"{args.scales}; batch {args.batch}; {pcfg.n_obs_steps} obs steps x {len(CAMERAS)} cameras")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (
+            f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
+        )
+    )
+    print(
+        f"device: {name}; fp32; {args.policy} policy; encoder {args.backbone} scales "
+        f"{args.scales}; batch {args.batch}; {pcfg.n_obs_steps} obs steps x {len(CAMERAS)} cameras"
+    )
     print(f"{'training on':28s} {'samples/s':>10s}")
     print(f"{'re-encoded images':28s} {reencode:10.1f}")
     print(f"{'cached features':28s} {cached:10.1f}")

@@ -83,23 +83,14 @@ class CachedFeatureData:
             self.arrays[cam] = torch.from_numpy(feats).to(self.device)
         self.train_episodes, self.val_episodes = split_episodes(buffer.n_episodes, val_ratio, seed)
         ends = buffer.episode_ends
-        pad = (windows.n_obs_steps - 1, windows.n_action_steps - 1)
         self.index = {
-            "train": torch.from_numpy(
-                episode_windows(ends, self.train_episodes, windows.horizon, *pad)
-            ),
-            "val": torch.from_numpy(
-                episode_windows(ends, self.val_episodes, windows.horizon, *pad)
-            ),
+            split: torch.from_numpy(
+                episode_windows(ends, eps, windows.horizon, windows.n_obs_steps)
+            )
+            for split, eps in (("train", self.train_episodes), ("val", self.val_episodes))
         }
-        self.train_steps = np.concatenate(
-            [
-                np.arange(s, e)
-                for s, e in zip(
-                    np.r_[0, ends[:-1]][self.train_episodes], ends[self.train_episodes], strict=True
-                )
-            ]
-        )
+        # every step is the current step of exactly one window
+        self.train_steps = self.index["train"][:, windows.n_obs_steps - 1]
 
     @property
     def shape_meta(self) -> dict[str, Any]:
@@ -111,7 +102,7 @@ class CachedFeatureData:
 
     def fit_data(self, key: str) -> torch.Tensor:
         """Values of ``key`` at the training-split steps (for the normalizer)."""
-        return self.arrays[key][torch.from_numpy(self.train_steps).to(self.device)].float()
+        return self.arrays[key][self.train_steps.to(self.device)].float()
 
     def __len__(self) -> int:
         return len(self.index["train"])

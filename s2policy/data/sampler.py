@@ -1,10 +1,14 @@
-"""Sequence windows over episodes (diffusion_policy's convention), padded at episode edges.
+"""Sequence windows over episodes, padded at episode edges by repeating the edge step.
 
 A sample is a window of ``horizon`` consecutive steps. Its first ``n_obs_steps`` steps are the
-observations, and the policy predicts the actions of all ``horizon`` steps; at run time the
-actions ``[n_obs_steps - 1, n_obs_steps - 1 + n_action_steps)`` are executed. Windows may start
-up to ``n_obs_steps - 1`` steps before an episode and end ``n_action_steps - 1`` steps after it;
-steps outside the episode repeat its first or last step (edge padding).
+observations; the last of them is the *current* step, and the policy predicts the actions of all
+``horizon`` steps (at run time it executes ``n_action_steps`` of them from the current step on).
+There is one window per step: every step of an episode is the current step of exactly one
+window. Steps before the episode repeat its first step, steps after it repeat its last.
+
+This differs from diffusion_policy, which drops the windows whose action chunk would run more
+than ``n_action_steps - 1`` steps past the end: with short episodes (a cube pick takes ~13 steps
+at 10 Hz) that drops the end of every episode, so the policy never learns to act there.
 """
 
 from __future__ import annotations
@@ -13,32 +17,26 @@ import numpy as np
 
 
 def episode_windows(
-    episode_ends: np.ndarray, episodes: np.ndarray, horizon: int, pad_before: int, pad_after: int
+    episode_ends: np.ndarray, episodes: np.ndarray, horizon: int, n_obs_steps: int
 ) -> np.ndarray:
-    """Global step indices ``(n_windows, horizon)`` of every window of the given episodes.
+    """Global step indices ``(n_windows, horizon)``: one window per step of the given episodes,
+    whose column ``n_obs_steps - 1`` is that step.
 
     Args:
         episode_ends: exclusive end step of every episode of the store, ``(n_episodes,)``.
         episodes: which episodes to draw windows from.
-        horizon: window length; ``pad_before``/``pad_after``: steps a window may hang over
-            the episode's start/end (filled with the edge step).
+        horizon: window length (>= ``n_obs_steps``).
+        n_obs_steps: observation steps, ending at the current step.
     """
-    if horizon < 1 or pad_before < 0 or pad_after < 0:
-        raise ValueError("horizon must be >= 1 and the paddings >= 0")
-    pad_after = min(pad_after, horizon - 1)
-    pad_before = min(pad_before, horizon - 1)
-    starts_ends = np.stack([np.concatenate([[0], episode_ends[:-1]]), episode_ends], axis=1)
+    if not 1 <= n_obs_steps <= horizon:
+        raise ValueError(f"need 1 <= n_obs_steps <= horizon, got {n_obs_steps} and {horizon}")
+    starts = np.concatenate([[0], episode_ends[:-1]])
+    offsets = np.arange(horizon) - (n_obs_steps - 1)  # relative to the current step
     windows = []
-    offsets = np.arange(horizon)
     for ep in np.asarray(episodes, dtype=int):
-        first, end = starts_ends[ep]
-        length = end - first
-        # window start s (relative to the episode) ranges so that at least one step is inside
-        starts = np.arange(-pad_before, length - horizon + pad_after + 1)
-        if len(starts) == 0:  # episode shorter than the unpadded window: one centred window
-            starts = np.array([-pad_before])
-        idx = np.clip(starts[:, None] + offsets[None, :], 0, length - 1) + first
-        windows.append(idx)
+        first, end = int(starts[ep]), int(episode_ends[ep])
+        current = np.arange(first, end)
+        windows.append(np.clip(current[:, None] + offsets[None, :], first, end - 1))
     if not windows:
         return np.zeros((0, horizon), dtype=np.int64)
     return np.concatenate(windows).astype(np.int64)
