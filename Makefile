@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Headless MuJoCo rendering: EGL with Mesa's software rasterizer on CPU (NVIDIA's EGL on a GPU).
 GL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri
-DEMO_EPISODES ?= 20
+DEMO_EPISODES ?= 50
 
 .PHONY: setup sysdeps demo test test-fast lint format bench clean
 
@@ -33,12 +33,14 @@ sysdeps:
 	    exit 1; \
 	fi
 
-# The small embedded default: demonstrations -> S² feature cache -> policy (CPU, minutes).
+# The small embedded default on CPU: demonstrations -> S² feature caches -> one MLP policy per
+# encoder (blind, single-scale vit_micro 64 px, S² vit_micro (64, 128)) -> seeded evaluation ->
+# success table + plot + videos.
 demo: setup
 	$(PY) collect_demos.py task=cube_pick n_episodes=$(DEMO_EPISODES)
-	$(PY) cache_features.py dataset=datasets/cube_pick.zarr encoder=micro_s2
-	$(PY) train_policy.py experiment=demo
-	@echo "demo dataset: datasets/cube_pick.zarr; policy: outputs/cube_pick/micro_s2_mlp_seed0/checkpoint"
+	$(PY) train_policy.py -m experiment=demo encoder=blind,micro,micro_s2
+	$(PY) -m s2policy.evaluation.report multirun/cube_pick --out multirun/cube_pick/report
+	@echo "videos: multirun/cube_pick/*/eval/*.mp4"
 
 test: setup
 	$(PY) -m pytest

@@ -9,6 +9,7 @@ def register_configs() -> None:
     """Register every schema; entry points call this before ``hydra.main`` runs."""
     from s2policy.data.collect import CollectConfig
     from s2policy.encoders.s2 import EncoderConfig
+    from s2policy.evaluation.rollout import EvalConfig
     from s2policy.features.command import CacheCommandConfig
     from s2policy.policies.diffusion import DiffusionPolicyConfig
     from s2policy.policies.mlp import MLPPolicyConfig
@@ -21,6 +22,7 @@ def register_configs() -> None:
     cs.store(group="task", name="task_schema", node=TaskConfig)
     cs.store(group="encoder", name="encoder_schema", node=EncoderConfig)
     cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
     cs.store(group="policy", name="mlp_schema", node=MLPPolicyConfig)
     cs.store(group="policy", name="diffusion_schema", node=DiffusionPolicyConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)

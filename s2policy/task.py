@@ -37,9 +37,10 @@ class TaskConfig:
         d["env"] = self.env.to_dict()
         return d
 
-    def make_env(self, **overrides: Any):
+    def make_env(self, max_episode_steps: int | None = None, **overrides: Any):
         """A gymnasium env of this task; ``overrides`` replace ``EnvConfig`` fields."""
         import envs
 
         kwargs = {**self.env.to_dict(), **overrides}
-        return envs.make(self.name, max_episode_steps=self.max_episode_steps, **kwargs)
+        steps = max_episode_steps or self.max_episode_steps
+        return envs.make(self.name, max_episode_steps=steps, **kwargs)

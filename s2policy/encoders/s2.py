@@ -204,7 +204,8 @@ class S2Encoder(nn.Module):
 class EncoderConfig:
     """``configs/encoder/*.yaml``: a backbone and how S² runs it."""
 
-    #: Backbone name from ``s2policy.encoders.backbones.BACKBONES`` (``vit_t``, ``vit_b``, ...).
+    #: Backbone name from ``s2policy.encoders.backbones.BACKBONES`` (``vit_t``, ``vit_b``, ...),
+    #: or ``none``: no visual features (the blind, state-only baseline of a sweep).
     backbone: str = "vit_micro"
     #: Weights: null (random init), a file path, ``hub`` (local HF cache) or a pretrained name.
     weights: str | None = None
@@ -221,6 +222,8 @@ class EncoderConfig:
 
     def __post_init__(self):
         self.scales = tuple(int(s) for s in self.scales)
+        if self.is_blind:
+            return
         get_spec(self.backbone)  # unknown names fail here, at config time
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"scales must be positive pixel sizes, got {list(self.scales)}")
@@ -232,6 +235,10 @@ class EncoderConfig:
         if self.output_grid not in GRIDS:
             raise ValueError(f"output_grid must be one of {GRIDS}, got {self.output_grid!r}")
 
+    @property
+    def is_blind(self) -> bool:
+        return self.backbone == "none"
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["scales"] = list(self.scales)
@@ -240,6 +247,8 @@ class EncoderConfig:
 
 def build_encoder(cfg: EncoderConfig) -> S2Encoder:
     """The frozen S² encoder that ``cfg`` describes (eval mode, no gradients)."""
+    if cfg.is_blind:
+        raise ValueError("encoder backbone 'none' (blind) has no encoder to build")
     base = cfg.base_size or min(cfg.scales)
     backbone, bcfg = build_backbone(
         cfg.backbone, cfg.weights, img_size=base, init_seed=cfg.init_seed

@@ -215,7 +215,7 @@ def build_cache(
     for n, (cam, i, frames) in enumerate(_prefetch(buffer, todo, chunk_steps)):
         feats = encode_frames(encoder, frames, batch_size, dtype, device)
         start = i * chunk_steps
-        group[cam][start : start + len(feats)] = feats.astype(np.float16)
+        group[cam][start : start + len(feats)] = stored(feats)
         group[f"done/{cam}"][i] = 1
         if on_chunk is not None:
             on_chunk(min(total, done_before + (n + 1) * world), total)
@@ -227,6 +227,11 @@ def build_cache(
     return CacheInfo(
         fp, Path(store), zarr.open_group(str(store))[f"{FEATURES}/{fp}"].attrs.asdict()
     )
+
+
+def stored(features: np.ndarray) -> np.ndarray:
+    """Features as the cache stores them (float16); live evaluation rounds the same way."""
+    return features.astype(np.float16)
 
 
 @torch.inference_mode()

@@ -84,14 +84,22 @@ class DiffusionPolicy(Policy):
 
     @torch.no_grad()
     def predict_action(
-        self, obs, num_inference_steps: int | None = None, generator: torch.Generator | None = None
+        self,
+        obs,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
+        """``generator``: one for the batch, or one per row (results then do not depend on
+        which other rows share the batch)."""
         cond = self.encode_obs(obs)
         scheduler = self.sample_scheduler
         scheduler.set_timesteps(num_inference_steps or self.cfg.num_inference_steps)
-        x = torch.randn(
-            (len(cond), self.cfg.horizon, self.action_dim), generator=generator, device=cond.device
-        )
+        shape = (self.cfg.horizon, self.action_dim)
+        if isinstance(generator, (list, tuple)):
+            x = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generator])
+            x = x.to(cond.device)
+        else:
+            x = torch.randn((len(cond), *shape), generator=generator, device=cond.device)
         for t in scheduler.timesteps:
             pred = self.model(x, t.expand(len(x)).to(cond.device), cond)
             x = scheduler.step(pred, t, x).prev_sample

@@ -61,6 +61,22 @@ class TrainConfig:
 
 
 @dataclass
+class EvalOptions:
+    """Evaluation right after training (``eval.enabled=true``; what a sweep job runs)."""
+
+    enabled: bool = False
+    n_episodes: int = 20
+    #: Episode ``i`` uses seed ``seed + i`` (far from collection seeds).
+    seed: int = 100_000
+    n_envs: int = 4
+    n_videos: int = 1
+
+    def __post_init__(self):
+        if self.n_episodes < 1 or self.n_envs < 1 or self.n_videos < 0:
+            raise ValueError("eval.n_episodes and eval.n_envs must be >= 1, eval.n_videos >= 0")
+
+
+@dataclass
 class RunConfig:
     """``configs/config.yaml``: one policy trained on one dataset with one encoder."""
 
@@ -69,6 +85,7 @@ class RunConfig:
     #: A policy config (``configs/policy/mlp.yaml``, ``diffusion.yaml``).
     policy: Any = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalOptions = field(default_factory=EvalOptions)
     #: The demonstration store; by convention ``datasets/<task>.zarr``.
     dataset: str = "datasets/cube_pick.zarr"
     #: Name of the run (its directory under ``outputs/<task>/``).

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_cameras(cfg: RunConfig, store_cameras: list[str]) -> list[str]:
+    if cfg.encoder.is_blind:
+        return []
     cameras = list(cfg.task.env.cameras) if cfg.policy.cameras is None else list(cfg.policy.cameras)
     missing = [c for c in cameras if c not in store_cameras]
     if missing:
@@ -149,7 +151,7 @@ def train(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None
         }
         return save_checkpoint(out, policy, {**meta, "step": step}, ema_state, state)
 
-    metrics = (out / "metrics.jsonl").open("a") if rank == 0 else None
+    metrics = (out / "metrics.jsonl").open("a" if step else "w") if rank == 0 else None
     autocast = dict(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "float32")
     window_loss, window_start = [], time.perf_counter()
     try:
