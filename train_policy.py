@@ -31,8 +31,9 @@ def main(dict_cfg: DictConfig) -> None:
 
     def on_log(record: dict) -> None:
         bars["train"].n = record["step"]
-        bars["train"].set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"},
-                                  refresh=True)
+        bars["train"].set_postfix(
+            {k: f"{v:.4g}" for k, v in record.items() if k != "step"}, refresh=True
+        )
 
     def on_episode(record: dict) -> None:
         if "eval" not in bars:
@@ -51,8 +52,10 @@ def main(dict_cfg: DictConfig) -> None:
     print(f"checkpoint: {checkpoint}")
     if results is not None:
         lo, hi = results["ci95"]
-        print(f"success {100 * results['success_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
-              f"({results['successes']}/{results['n_episodes']})")
+        print(
+            f"success {100 * results['success_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+            f"({results['successes']}/{results['n_episodes']})"
+        )
 
 
 if __name__ == "__main__":

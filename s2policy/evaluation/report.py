@@ -20,8 +20,21 @@ import numpy as np
 
 from s2policy.evaluation.stats import success_rate
 
-COLUMNS = ["task", "backbone", "scales", "params_M", "gflops_per_img", "encoder_ms", "policy",
-           "success", "ci95_low", "ci95_high", "episodes", "seeds", "seed_rates"]
+COLUMNS = [
+    "task",
+    "backbone",
+    "scales",
+    "params_M",
+    "gflops_per_img",
+    "encoder_ms",
+    "policy",
+    "success",
+    "ci95_low",
+    "ci95_high",
+    "episodes",
+    "seeds",
+    "seed_rates",
+]
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:
@@ -53,21 +66,23 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         enc_ms = [r["latency"].get("encoder_ms", {}).get("mean") for r in runs]
         enc_ms = [v for v in enc_ms if v is not None]
         by_seed = sorted((r.get("train_seed", 0), r["success_rate"]) for r in runs)
-        rows.append({
-            "task": task,
-            "backbone": "blind (state only)" if backbone == "none" else backbone,
-            "scales": "-" if backbone == "none" else "(" + ", ".join(map(str, scales)) + ")",
-            "params_M": runs[0]["encoder"]["params"] / 1e6,
-            "gflops_per_img": runs[0]["encoder"]["gflops_per_image"],
-            "encoder_ms": float(np.mean(enc_ms)) if enc_ms else 0.0,
-            "policy": policy,
-            "success": rate.rate,
-            "ci95_low": rate.low,
-            "ci95_high": rate.high,
-            "episodes": n,
-            "seeds": len(runs),
-            "seed_rates": " ".join(f"s{s}:{100 * v:.0f}%" for s, v in by_seed),
-        })
+        rows.append(
+            {
+                "task": task,
+                "backbone": "blind (state only)" if backbone == "none" else backbone,
+                "scales": "-" if backbone == "none" else "(" + ", ".join(map(str, scales)) + ")",
+                "params_M": runs[0]["encoder"]["params"] / 1e6,
+                "gflops_per_img": runs[0]["encoder"]["gflops_per_image"],
+                "encoder_ms": float(np.mean(enc_ms)) if enc_ms else 0.0,
+                "policy": policy,
+                "success": rate.rate,
+                "ci95_low": rate.low,
+                "ci95_high": rate.high,
+                "episodes": n,
+                "seeds": len(runs),
+                "seed_rates": " ".join(f"s{s}:{100 * v:.0f}%" for s, v in by_seed),
+            }
+        )
     return rows
 
 

@@ -88,7 +88,9 @@ def check_checkpoint(cfg: EvalConfig, info: dict[str, Any]) -> None:
     wanted = cfg.encoder.to_dict()
     diff = {k: (trained.get(k), v) for k, v in wanted.items() if trained.get(k) != v}
     if diff:
-        details = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+        details = ", ".join(
+            f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items()
+        )
         raise ValueError(
             f"encoder config does not match checkpoint {cfg.checkpoint} ({details}); drop the "
             "encoder override or evaluate a checkpoint trained with that encoder"
@@ -167,8 +169,12 @@ def evaluate(
         for i in np.flatnonzero(mask):
             if queue:
                 index, seed = queue.popleft()
-                slots[i] = Slot(index, seed, start=time.perf_counter(),
-                                generator=torch.Generator(device).manual_seed(seed))
+                slots[i] = Slot(
+                    index,
+                    seed,
+                    start=time.perf_counter(),
+                    generator=torch.Generator(device).manual_seed(seed),
+                )
             else:
                 slots[i] = Slot(seed=slots[i].seed)
             reset_seeds[i] = slots[i].seed
@@ -185,8 +191,13 @@ def evaluate(
         while any(s.index >= 0 for s in slots):
             need = [i for i, s in enumerate(slots) if s.index >= 0 and not s.actions]
             if need:
-                for i, chunk in zip(need, infer(policy, live, [slots[i] for i in need], cameras,
-                                                device, latency, predict_kw), strict=True):
+                for i, chunk in zip(
+                    need,
+                    infer(
+                        policy, live, [slots[i] for i in need], cameras, device, latency, predict_kw
+                    ),
+                    strict=True,
+                ):
                     slots[i].actions.extend(chunk)
             actions = np.zeros((n_envs, *venv.single_action_space.shape), dtype=np.float32)
             for i, s in enumerate(slots):
@@ -204,8 +215,12 @@ def evaluate(
                 if s.frames:
                     s.frames.append(obs[video_cam][i])
                 if finished[i]:
-                    record = {"seed": s.seed, "success": s.success, "steps": s.steps,
-                              "wall_s": round(time.perf_counter() - s.start, 4)}
+                    record = {
+                        "seed": s.seed,
+                        "success": s.success,
+                        "steps": s.steps,
+                        "wall_s": round(time.perf_counter() - s.start, 4),
+                    }
                     if s.frames:
                         path = out / f"episode_{s.index:03d}_seed{s.seed}.mp4"
                         write_episode_video(path, s.frames, s.success, s.seed, task.env.control_hz)
@@ -221,7 +236,9 @@ def evaluate(
 
 
 @torch.no_grad()
-def infer(policy, live, slots: list[Slot], cameras, device, latency, predict_kw) -> list[np.ndarray]:
+def infer(
+    policy, live, slots: list[Slot], cameras, device, latency, predict_kw
+) -> list[np.ndarray]:
     """Action chunks (executable part) for the given slots, in one batched call each for the
     encoder (all slots x observation steps x cameras) and the policy."""
     n, n_obs = len(slots), policy.cfg.n_obs_steps
@@ -249,8 +266,12 @@ def _summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     v = np.asarray(values)
-    return {"mean": float(v.mean()), "p50": float(np.percentile(v, 50)),
-            "p95": float(np.percentile(v, 95)), "calls": len(v)}
+    return {
+        "mean": float(v.mean()),
+        "p50": float(np.percentile(v, 50)),
+        "p95": float(np.percentile(v, 95)),
+        "calls": len(v),
+    }
 
 
 def write_results(out, cfg, info, live, episodes, latency, loaded) -> dict[str, Any]:
@@ -258,8 +279,13 @@ def write_results(out, cfg, info, live, episodes, latency, loaded) -> dict[str, 
     rate = success_rate(wins, len(episodes))
     enc_cfg = (info["encoder"] or {}).get("config") or {"backbone": "none", "scales": []}
     task_env = info["task"]["env"]
-    encoder_summary = {"backbone": enc_cfg["backbone"], "scales": list(enc_cfg.get("scales", [])),
-                       "weights": enc_cfg.get("weights"), "params": 0, "gflops_per_image": 0.0}
+    encoder_summary = {
+        "backbone": enc_cfg["backbone"],
+        "scales": list(enc_cfg.get("scales", [])),
+        "weights": enc_cfg.get("weights"),
+        "params": 0,
+        "gflops_per_image": 0.0,
+    }
     if live is not None:
         height, width = task_env["image_size"]
         encoder_summary.update(
@@ -272,9 +298,13 @@ def write_results(out, cfg, info, live, episodes, latency, loaded) -> dict[str, 
         "policy": info["policy"]["name"],
         "train_seed": info["config"]["train"]["seed"],
         "encoder": encoder_summary,
-        "eval": {"seeds": [e["seed"] for e in episodes], "n_envs": cfg.n_envs,
-                 "max_episode_steps": cfg.max_episode_steps or info["task"]["max_episode_steps"],
-                 "use_ema": cfg.use_ema, "num_inference_steps": cfg.num_inference_steps},
+        "eval": {
+            "seeds": [e["seed"] for e in episodes],
+            "n_envs": cfg.n_envs,
+            "max_episode_steps": cfg.max_episode_steps or info["task"]["max_episode_steps"],
+            "use_ema": cfg.use_ema,
+            "num_inference_steps": cfg.num_inference_steps,
+        },
         "episodes": episodes,
         "n_episodes": len(episodes),
         "successes": wins,

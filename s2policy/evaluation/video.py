@@ -11,7 +11,9 @@ from PIL import Image, ImageDraw
 GREEN, RED, WHITE = (40, 200, 70), (220, 50, 40), (255, 255, 255)
 
 
-def overlay(frame: np.ndarray, text: str, color: tuple[int, int, int] | None, scale: int) -> np.ndarray:
+def overlay(
+    frame: np.ndarray, text: str, color: tuple[int, int, int] | None, scale: int
+) -> np.ndarray:
     """Upscale ``frame (H, W, 3)`` by ``scale`` (nearest), caption it, and frame it in ``color``."""
     big = frame.repeat(scale, axis=0).repeat(scale, axis=1)
     img = Image.fromarray(big)
@@ -35,6 +37,7 @@ def write_episode_video(
     last = overlay(frames[-1], f"seed {seed}  {verdict}", GREEN if success else RED, scale)
     out += [last] * max(1, int(round(fps)))
     h, w = (d - d % 16 for d in out[0].shape[:2])  # codec-friendly size
-    imageio.mimwrite(path, [f[:h, :w] for f in out], fps=fps, codec="libx264", quality=7,
-                     macro_block_size=16)
+    imageio.mimwrite(
+        path, [f[:h, :w] for f in out], fps=fps, codec="libx264", quality=7, macro_block_size=16
+    )
     return path

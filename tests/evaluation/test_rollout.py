@@ -1,0 +1,144 @@
+import json
+
+import numpy as np
+import pytest
+
+from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.encoders.s2 import EncoderConfig
+from s2policy.evaluation.rollout import EvalConfig, LiveEncoder, evaluate
+from s2policy.features.cache import open_cache
+from s2policy.policies.diffusion import DiffusionPolicyConfig
+from s2policy.policies.mlp import MLPPolicyConfig
+from s2policy.task import TaskConfig
+from s2policy.training.checkpoint import read_info
+from s2policy.training.loop import train
+
+
+@pytest.fixture(scope="module")
+def mlp_ckpt(demo_store, tmp_path_factory, run_config):
+    policy = MLPPolicyConfig(horizon=8, n_action_steps=4, hidden_dims=[64], d_feature=32)
+    return train(run_config(demo_store, tmp_path_factory.mktemp("mlp"), policy, steps=60))
+
+
+@pytest.fixture(scope="module")
+def diffusion_ckpt(demo_store, tmp_path_factory, run_config):
+    policy = DiffusionPolicyConfig(
+        horizon=8,
+        n_action_steps=4,
+        down_dims=[16, 32],
+        n_groups=8,
+        d_feature=16,
+        step_embed_dim=16,
+        num_inference_steps=4,
+    )
+    return train(run_config(demo_store, tmp_path_factory.mktemp("diff"), policy, steps=20))
+
+
+def eval_cfg(ckpt, out, **kw):
+    base = dict(
+        checkpoint=str(ckpt),
+        n_episodes=4,
+        seed=500,
+        n_envs=2,
+        n_videos=1,
+        max_episode_steps=12,
+        device="cpu",
+        output_dir=str(out),
+    )
+    return EvalConfig(**{**base, **kw})
+
+
+def test_results_json_carries_counts_interval_latency_and_videos(mlp_ckpt, tmp_path):
+    seen = []
+    results = evaluate(eval_cfg(mlp_ckpt, tmp_path), on_episode=seen.append)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == results
+    assert results["n_episodes"] == 4 and len(seen) == 4
+    assert [e["seed"] for e in results["episodes"]] == [500, 501, 502, 503]
+    assert all(1 <= e["steps"] <= 12 and e["wall_s"] > 0 for e in results["episodes"])
+    lo, hi = results["ci95"]
+    assert 0 <= lo <= results["success_rate"] <= hi <= 1
+    assert results["latency"]["encoder_ms"]["calls"] > 0
+    assert results["latency"]["policy_ms"]["p95"] >= results["latency"]["policy_ms"]["p50"]
+    assert (
+        results["encoder"]["backbone"] == "vit_nano" and results["encoder"]["gflops_per_image"] > 0
+    )
+    videos = sorted(tmp_path.glob("*.mp4"))
+    assert [v.name for v in videos] == ["episode_000_seed500.mp4"]
+    assert videos[0].stat().st_size > 1000
+
+
+@pytest.mark.parametrize("fixture", ["mlp_ckpt", "diffusion_ckpt"])
+def test_evaluation_is_reproducible_from_its_seed_list(request, fixture, tmp_path):
+    ckpt = request.getfixturevalue(fixture)
+    a = evaluate(eval_cfg(ckpt, tmp_path / "a", n_videos=0))["episodes"]
+    b = evaluate(eval_cfg(ckpt, tmp_path / "b", n_videos=0))["episodes"]
+    strip = lambda eps: [(e["seed"], e["success"], e["steps"]) for e in eps]  # noqa: E731
+    assert strip(a) == strip(b)
+    explicit = evaluate(eval_cfg(ckpt, tmp_path / "c", seeds=[502, 500], n_videos=0))["episodes"]
+    by_seed = {e["seed"]: (e["success"], e["steps"]) for e in a}
+    assert [(e["success"], e["steps"]) for e in explicit] == [by_seed[502], by_seed[500]]
+
+
+def test_live_encoder_on_rendered_frames_equals_the_cache(demo_store, mlp_ckpt):
+    """Frames rendered now (replaying episode 0's seed and actions) are the stored frames, and
+    the live encoder gives the cached features: float16 rounding of the same computation, so
+    |live - cached| <= 1e-3 + 1e-3 |value| (one float16 step near the values seen)."""
+    info = read_info(mlp_ckpt)
+    buf = ReplayBuffer.open(demo_store)
+    episode = buf.get_episode(0)
+    task = TaskConfig(**info["task"])
+    env = task.make_env()
+    obs, _ = env.reset(seed=int(buf.get_meta("episode_seeds")[0]))
+    frames = {"front": [obs["front"]], "wrist": [obs["wrist"]]}
+    for action in episode["action"][:-1]:
+        obs, *_ = env.step(action)
+        frames["front"].append(obs["front"])
+        frames["wrist"].append(obs["wrist"])
+    live = LiveEncoder(info, __import__("torch").device("cpu"))
+    cache = open_cache(demo_store, live.encoder, ["front", "wrist"], live.dtype)
+    for cam in ("front", "wrist"):
+        rendered = np.stack(frames[cam])
+        np.testing.assert_array_equal(rendered, episode[cam])
+        cached = cache.features(cam)[buf.episode_slice(0)].astype(np.float32)
+        np.testing.assert_allclose(live(rendered).numpy(), cached, atol=1e-3, rtol=1e-3)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no policy checkpoint.*train_policy.py"):
+        evaluate(eval_cfg(tmp_path / "nothing", tmp_path))
+
+
+def test_checkpoint_from_another_task(mlp_ckpt, tmp_path):
+    with pytest.raises(ValueError, match="trained on task 'cube_pick', not 'stack'"):
+        evaluate(eval_cfg(mlp_ckpt, tmp_path, task="stack"))
+
+
+def test_encoder_config_mismatching_the_checkpoint(mlp_ckpt, tmp_path):
+    other = EncoderConfig(backbone="vit_nano", scales=(32,))
+    with pytest.raises(
+        ValueError,
+        match=r"encoder config does not match.*scales: checkpoint \[32, 64\] vs requested \[32\]",
+    ):
+        evaluate(eval_cfg(mlp_ckpt, tmp_path, encoder=other))
+    same = EncoderConfig(backbone="vit_nano", scales=(32, 64))
+    assert evaluate(eval_cfg(mlp_ckpt, tmp_path, encoder=same, n_episodes=1))["n_episodes"] == 1
+
+
+def test_changed_encoder_weights_are_refused(mlp_ckpt, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(mlp_ckpt.parent, copy)
+    info_file = copy / "checkpoint" / "policy.json"
+    info = json.loads(info_file.read_text())
+    info["encoder"]["spec"]["backbone"]["weights_digest"] = "0" * 64
+    info_file.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="live encoder differs.*backbone"):
+        evaluate(eval_cfg(copy, tmp_path / "out"))
+
+
+@pytest.mark.parametrize("kw, match", [({"n_episodes": 0}, "n_episodes"), ({"seeds": []}, "seeds")])
+def test_bad_eval_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        EvalConfig(checkpoint="x", **kw)
