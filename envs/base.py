@@ -147,7 +147,7 @@ class ManipulationEnv(gym.Env):
         }
         # Bounds beyond the reachable range (a measured pose may overshoot its clipped target).
         spaces["state"] = gym.spaces.Box(
-            low=np.array([-1.0, -1.0, -1.0, -np.pi, 0.0], dtype=np.float32),
+            low=np.array([-1.0, -1.0, -1.0, -np.pi, -0.01], dtype=np.float32),
             high=np.array([1.0, 1.0, 1.0, np.pi, 0.2], dtype=np.float32),
         )
         self.observation_space = gym.spaces.Dict(spaces)

@@ -113,6 +113,14 @@ class LiveEncoder:
                 "(did the weights file change?); retrain or restore the weights"
             )
 
+    @classmethod
+    def from_encoder(cls, encoder: S2Encoder, dtype: str = "float32") -> LiveEncoder:
+        """Wrap an encoder built here (benchmarks); no checkpoint spec to check against."""
+        live = cls.__new__(cls)
+        live.encoder, live.dtype = encoder, dtype
+        live.device = next(encoder.parameters()).device
+        return live
+
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 ``(N, H, W, 3)`` -> features ``(N, ...)`` exactly as the cache stores them."""
         feats = stored(encode_frames(self.encoder, frames, len(frames), self.dtype, self.device))
@@ -191,13 +199,16 @@ def evaluate(
         while any(s.index >= 0 for s in slots):
             need = [i for i, s in enumerate(slots) if s.index >= 0 and not s.actions]
             if need:
-                for i, chunk in zip(
-                    need,
-                    infer(
-                        policy, live, [slots[i] for i in need], cameras, device, latency, predict_kw
-                    ),
-                    strict=True,
-                ):
+                chunks = infer(
+                    policy,
+                    live,
+                    [slots[i].history for i in need],
+                    [slots[i].generator for i in need],
+                    device,
+                    latency,
+                    predict_kw,
+                )
+                for i, chunk in zip(need, chunks, strict=True):
                     slots[i].actions.extend(chunk)
             actions = np.zeros((n_envs, *venv.single_action_space.shape), dtype=np.float32)
             for i, s in enumerate(slots):
@@ -237,26 +248,34 @@ def evaluate(
 
 @torch.no_grad()
 def infer(
-    policy, live, slots: list[Slot], cameras, device, latency, predict_kw
+    policy,
+    live: LiveEncoder | None,
+    histories: list,
+    generators: list[torch.Generator | None],
+    device: torch.device,
+    latency: dict[str, list[float]],
+    predict_kw: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
-    """Action chunks (executable part) for the given slots, in one batched call each for the
-    encoder (all slots x observation steps x cameras) and the policy."""
-    n, n_obs = len(slots), policy.cfg.n_obs_steps
+    """Executable action chunks ``(n_action_steps, A)``, one per observation history (each a
+    sequence of ``n_obs_steps`` observation dicts), from one batched encoder call (histories x
+    steps x cameras) and one batched policy call; their times are appended to ``latency``."""
+    cameras = list(policy.shape_meta["features"])
+    n, n_obs = len(histories), policy.cfg.n_obs_steps
     obs: dict[str, torch.Tensor] = {}
     if cameras:
-        frames = np.stack([np.stack([h[c] for h in s.history]) for c in cameras for s in slots])
+        frames = np.stack([np.stack([h[c] for h in hist]) for c in cameras for hist in histories])
         t0 = time.perf_counter()
         feats = live(frames.reshape(-1, *frames.shape[2:]))  # (C*n*T, ...)
         latency["encoder_ms"].append(1e3 * (time.perf_counter() - t0))
         feats = feats.view(len(cameras), n, n_obs, *feats.shape[1:])
         obs = {c: feats[k] for k, c in enumerate(cameras)}
     obs["state"] = torch.from_numpy(
-        np.stack([np.stack([h["state"] for h in s.history]) for s in slots])
+        np.stack([np.stack([h["state"] for h in hist]) for hist in histories])
     ).to(device)
     t0 = time.perf_counter()
-    kw = dict(predict_kw)
+    kw = dict(predict_kw or {})
     if policy.name == "diffusion":
-        kw["generator"] = [s.generator for s in slots]
+        kw["generator"] = generators if all(g is not None for g in generators) else None
     chunk = policy.executable(policy.predict_action(obs, **kw))
     latency["policy_ms"].append(1e3 * (time.perf_counter() - t0))
     return list(chunk.float().cpu().numpy())

@@ -1,0 +1,132 @@
+"""Observation -> action-chunk latency of the robot loop's inference (live encoder + policy).
+
+    python benchmarks/inference_latency.py                       # tiny configs on CPU
+    python benchmarks/inference_latency.py --gpu                 # + S² ViT-B + diffusion (16 DDIM)
+
+Each row builds an untrained policy of the given shape (latency does not depend on the weights)
+and times ``s2policy.evaluation.rollout.infer`` on one observation history (2 steps x 2 cameras),
+exactly the call the robot loop's worker makes. Goals: <= 50 ms for the tiny config on 2 CPU
+cores, <= 15 ms for S² ViT-B + diffusion on an H100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from s2policy.data.normalizer import Normalizer
+from s2policy.encoders.s2 import EncoderConfig, build_encoder
+from s2policy.evaluation.rollout import LiveEncoder, infer
+from s2policy.policies import make_policy
+from s2policy.policies.diffusion import DiffusionPolicyConfig
+from s2policy.policies.mlp import MLPPolicyConfig
+from s2policy.runtime import resolve_device
+
+CAMERAS = ("front", "wrist")
+
+
+def build(backbone, scales, policy_name, device, dtype, image_size):
+    encoder = build_encoder(EncoderConfig(backbone=backbone, scales=scales)).to(device)
+    live = LiveEncoder.from_encoder(encoder, dtype)
+    pcfg = (
+        MLPPolicyConfig() if policy_name == "mlp" else DiffusionPolicyConfig(num_inference_steps=16)
+    )
+    dim = encoder.out_dim
+    norm = Normalizer()
+    norm.fit("action", torch.rand(64, 5) * 2 - 1, "limits")
+    norm.fit("state", torch.randn(64, 5), "gaussian")
+    for cam in CAMERAS:
+        norm.fit(cam, torch.randn(64, dim), "gaussian")
+    meta = {"features": {c: [dim] for c in CAMERAS}, "state": [5], "action": [5]}
+    policy = make_policy(pcfg, meta, norm).to(device).eval()
+    rng = np.random.default_rng(0)
+    history = [
+        {
+            **{c: rng.integers(0, 256, (image_size, image_size, 3), np.uint8) for c in CAMERAS},
+            "state": rng.normal(size=5).astype(np.float32),
+        }
+        for _ in range(pcfg.n_obs_steps)
+    ]
+    return policy, live, history
+
+
+def measure(policy, live, history, device, repeats):
+    gen = torch.Generator(device).manual_seed(0)
+    times, parts = [], {"encoder_ms": [], "policy_ms": []}
+    for i in range(repeats + 3):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        infer(policy, live, [history], [gen], device, parts)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:  # warm-up
+            times.append(1e3 * (time.perf_counter() - t0))
+    enc = np.median(parts["encoder_ms"][3:]) if parts["encoder_ms"] else 0.0
+    return (
+        np.percentile(times, 50),
+        np.percentile(times, 95),
+        enc,
+        np.median(parts["policy_ms"][3:]),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", action="store_true", help="add the S² ViT-B config on the GPU")
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    cpu = torch.device("cpu")
+    rows = [
+        ("vit_micro S² (64, 128) + MLP", "vit_micro", (64, 128), "mlp", cpu, "float32", 96, 50),
+        (
+            "vit_micro S² (64, 128) + diffusion 16 DDIM",
+            "vit_micro",
+            (64, 128),
+            "diffusion",
+            cpu,
+            "float32",
+            96,
+            50,
+        ),
+    ]
+    if args.gpu:
+        gpu = resolve_device("cuda")
+        rows.append(
+            (
+                "vit_b S² (224, 448) + diffusion 16 DDIM",
+                "vit_b",
+                (224, 448),
+                "diffusion",
+                gpu,
+                "bfloat16",
+                224,
+                15,
+            )
+        )
+    print(
+        f"CPU: {platform.machine()}, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
+        + (f"; GPU: {torch.cuda.get_device_name()}" if args.gpu else "")
+    )
+    print(
+        f"{'configuration':44s} {'device':>6s} {'p50 ms':>8s} {'p95 ms':>8s} {'encoder':>8s} "
+        f"{'policy':>8s} {'goal':>6s}"
+    )
+    for label, backbone, scales, pol, device, dtype, size, goal in rows:
+        policy, live, history = build(backbone, scales, pol, device, dtype, size)
+        with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
+            p50, p95, enc, pms = measure(policy, live, history, device, args.repeats)
+        ok = "met" if p50 <= goal else "MISSED"
+        print(
+            f"{label:44s} {device.type:>6s} {p50:8.1f} {p95:8.1f} {enc:8.1f} {pms:8.1f} "
+            f"{'<=' + str(goal):>4s} {ok}"
+        )
+
+
+if __name__ == "__main__":
+    main()

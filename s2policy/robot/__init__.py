@@ -1,0 +1,1 @@
+"""Running a checkpoint on a robot: fixed-rate control, asynchronous chunk inference, safety."""

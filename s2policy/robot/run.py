@@ -1,0 +1,207 @@
+"""Run a checkpoint on a robot: ``python -m s2policy.robot.run checkpoint=... robot=sim hz=10``.
+
+``robot=sim`` drives the checkpoint's own task in simulation (:class:`SimRobot`);
+``robot=remote`` connects to a :class:`~s2policy.robot.remote.RobotServer` at ``address``.
+Every tick is logged to ``<run>/robot/<date>.zarr`` (a ReplayBuffer store) and a summary
+(inference p50/p95/p99, control-period jitter, safety events, success) to ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from s2policy.evaluation.rollout import LiveEncoder, infer
+from s2policy.robot.interface import RobotInterface
+from s2policy.robot.log import RobotLog
+from s2policy.robot.loop import EpisodeReport, InferenceLoop, LoopConfig, summarize
+from s2policy.robot.safety import SafetyConfig, SafetyFilter
+from s2policy.robot.worker import ThreadWorker
+from s2policy.runtime import resolve_device
+from s2policy.task import TaskConfig
+from s2policy.training.checkpoint import LoadedPolicy, load_policy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RobotRunConfig:
+    #: A run directory or its ``checkpoint/``.
+    checkpoint: str = "???"
+    #: ``sim`` (the checkpoint's task in simulation) or ``remote`` (a RobotServer).
+    robot: str = "sim"
+    address: str = "tcp://127.0.0.1:5555"
+    timeout_ms: int = 1000
+    #: Control rate; null: the task's.
+    hz: float | None = None
+    episodes: int = 3
+    #: Episode ``i`` of a simulated robot is reset with seed ``seed + i``.
+    seed: int = 200_000
+    max_ticks: int = 100
+    infer_when_remaining: int = 2
+    ensemble_decay: float | None = None
+    device: str = "auto"
+    num_inference_steps: int | None = None
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    #: Log folder; null: ``<run>/robot``.
+    log_dir: str | None = None
+
+    def __post_init__(self):
+        if self.robot not in ("sim", "remote"):
+            raise ValueError(f"robot must be 'sim' or 'remote', got {self.robot!r}")
+        if self.episodes < 1:
+            raise ValueError("episodes must be >= 1")
+
+
+def make_infer_fn(
+    loaded: LoadedPolicy, device: torch.device, num_inference_steps: int | None = None
+) -> Callable:
+    """``history -> (executable actions (K, A), {"encoder_ms", "policy_ms"})`` of a checkpoint."""
+    policy = loaded.policy
+    live = LiveEncoder(loaded.info, device) if policy.shape_meta["features"] else None
+    kw = (
+        {"num_inference_steps": num_inference_steps}
+        if (num_inference_steps and policy.name == "diffusion")
+        else {}
+    )
+    calls = [0]
+
+    def run(history):
+        latency = {"encoder_ms": [], "policy_ms": []}
+        calls[0] += 1
+        gen = torch.Generator(device).manual_seed(calls[0])
+        chunk = infer(policy, live, [history], [gen], device, latency, kw)[0]
+        return chunk, {k: (v[0] if v else 0.0) for k, v in latency.items()}
+
+    return run
+
+
+def check_robot(spec: dict[str, Any], info: dict[str, Any]) -> None:
+    """The robot must offer what the policy was trained on."""
+    task_env = info["task"]["env"]
+    cams = list(info["shape_meta"]["features"])
+    missing = [c for c in cams if c not in spec["cameras"]]
+    problems = []
+    if missing:
+        problems.append(f"cameras {missing} missing (robot has {spec['cameras']})")
+    if cams and list(spec["image_size"]) != list(task_env["image_size"]):
+        problems.append(f"image size {spec['image_size']} != trained {task_env['image_size']}")
+    if int(spec["action_dim"]) != int(info["shape_meta"]["action"][0]):
+        problems.append(f"action dim {spec['action_dim']} != {info['shape_meta']['action'][0]}")
+    if problems:
+        raise ValueError("the robot does not match the checkpoint: " + "; ".join(problems))
+
+
+def run_robot(
+    cfg: RobotRunConfig,
+    on_tick: Callable[[EpisodeReport], None] | None = None,
+    robot: RobotInterface | None = None,
+) -> dict[str, Any]:
+    """Run ``cfg.episodes`` episodes and return the summary (also written to summary.json)."""
+    device = resolve_device(cfg.device)
+    loaded = load_policy(cfg.checkpoint, device=device)
+    info = loaded.info
+    task = TaskConfig(**info["task"])
+    if robot is None:
+        from s2policy.robot.remote import RemoteRobot
+        from s2policy.robot.sim_robot import SimRobot
+
+        robot = (
+            SimRobot(task, max_episode_steps=cfg.max_ticks)
+            if cfg.robot == "sim"
+            else RemoteRobot(cfg.address, cfg.timeout_ms)
+        )
+    spec = robot.spec()
+    check_robot(spec, info)
+    hz = cfg.hz or float(spec["control_hz"])
+    out = Path(cfg.log_dir) if cfg.log_dir else loaded.path.parent / "robot"
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    log = RobotLog(
+        out / f"{stamp}.zarr",
+        attrs={
+            "task": task.name,
+            "cameras": spec["cameras"],
+            "control_hz": hz,
+            "checkpoint": str(loaded.path),
+            "robot": cfg.robot,
+            "env": info["task"]["env"],
+        },
+    )
+    worker = ThreadWorker(make_infer_fn(loaded, device, cfg.num_inference_steps), time.monotonic)
+    loop = InferenceLoop(
+        worker,
+        robot,
+        LoopConfig(hz, cfg.max_ticks, cfg.infer_when_remaining, cfg.ensemble_decay),
+        loaded.policy.cfg.n_obs_steps,
+        SafetyFilter(cfg.safety, spec),
+        log,
+        on_tick=on_tick,
+    )
+    reports = []
+    try:
+        for i in range(cfg.episodes):
+            reports.append(loop.run_episode(cfg.seed + i))
+    finally:
+        worker.close()
+        robot.close()
+    summary = {**summarize(reports), "hz": hz, "log": str(log.buffer.path), "config": asdict(cfg)}
+    (out / f"{stamp}_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    import envs  # noqa: F401  (headless GL backend before mujoco)
+
+    ConfigStore.instance().store(name="robot_run", node=RobotRunConfig)
+
+    @hydra.main(version_base="1.3", config_path=None, config_name="robot_run")
+    def app(dict_cfg) -> None:
+        cfg = OmegaConf.to_object(dict_cfg)
+        logging.getLogger("s2policy").setLevel(logging.INFO)
+        last = [0.0]
+
+        def on_tick(report: EpisodeReport) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 1.0 and report.inference_ms:
+                last[0] = now
+                print(
+                    f"\repisode seed {report.seed} tick {report.ticks:4d}  inference "
+                    f"{report.inference_ms[-1]:6.1f} ms  held {report.held_ticks}",
+                    end="",
+                    flush=True,
+                )
+
+        summary = run_robot(cfg, on_tick)
+        print()
+        inf, jit = summary["inference_ms"], summary["period_jitter_ms"]
+        print(
+            f"episodes {summary['episodes']}, ticks {summary['ticks']} at {summary['hz']} Hz, "
+            f"success {summary['successes']}/{summary['episodes']}"
+        )
+        if inf:
+            print(f"inference ms p50 {inf['p50']:.1f}  p95 {inf['p95']:.1f}  p99 {inf['p99']:.1f}")
+        print(
+            f"control-period jitter ms p50 {jit['p50']:.2f}  p95 {jit['p95']:.2f}  "
+            f"max {jit['max']:.2f}"
+        )
+        print(
+            f"safety events {summary['safety_events'] or 'none'}; held ticks "
+            f"{summary['held_ticks']}; log {summary['log']}"
+        )
+
+    app()
+
+
+if __name__ == "__main__":
+    main()
