@@ -12,8 +12,6 @@ float16 writes). Prints (b) / (a).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.features.cache import DTYPES, build_cache
-from s2policy.runtime import resolve_device, resolve_dtype
+from s2policy.runtime import describe_device, resolve_device, resolve_dtype
 
 
 def main() -> None:
@@ -76,13 +74,7 @@ def main() -> None:
             torch.cuda.synchronize()
         pipeline = args.steps / (time.perf_counter() - start)
 
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else (
-            f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
-        )
-    )
+    name = describe_device(device)
     print(
         f"device: {name}; dtype {dtype}; {args.backbone} scales {args.scales}; "
         f"{args.steps} frames {args.image_size}x{args.image_size}; batch {args.batch}"

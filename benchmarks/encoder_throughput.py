@@ -11,15 +11,13 @@ is ours / reference. On a GPU, MFU = achieved FLOP/s / ``--peak-tflops``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import s2wrapper
 import torch
 
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
-from s2policy.runtime import resolve_device, resolve_dtype
+from s2policy.runtime import describe_device, resolve_device, resolve_dtype
 
 
 def images_per_s(fn, images, dtype, device, min_seconds: float, warmup: int = 2) -> float:
@@ -99,13 +97,7 @@ def main() -> None:
             gflops_s2,
         ),
     ]
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else (
-            f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
-        )
-    )
+    name = describe_device(device)
     print(
         f"device: {name}; dtype {dtype}; backbone {args.backbone}; scales {list(scales)}; "
         f"batch {args.batch}; params {ours.backbone_cfg['params'] / 1e6:.1f} M"

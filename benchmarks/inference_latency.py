@@ -12,8 +12,6 @@ cores, <= 15 ms for S² ViT-B + diffusion on an H100.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import numpy as np
@@ -25,7 +23,7 @@ from s2policy.evaluation.rollout import LiveEncoder, infer
 from s2policy.policies import make_policy
 from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicyConfig
-from s2policy.runtime import resolve_device
+from s2policy.runtime import describe_device, resolve_device
 
 CAMERAS = ("front", "wrist")
 
@@ -110,8 +108,8 @@ def main() -> None:
             )
         )
     print(
-        f"CPU: {platform.machine()}, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
-        + (f"; GPU: {torch.cuda.get_device_name()}" if args.gpu else "")
+        f"CPU: {describe_device(cpu)}"
+        + (f"; GPU: {describe_device(resolve_device('cuda'))}" if args.gpu else "")
     )
     print(
         f"{'configuration':44s} {'device':>6s} {'p50 ms':>8s} {'p95 ms':>8s} {'encoder':>8s} "

@@ -8,8 +8,6 @@ way with a frozen encoder), same policy, batch and machine, measured in this one
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from s2policy.features.cache import build_cache
 from s2policy.policies import make_policy
 from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicyConfig
-from s2policy.runtime import resolve_device
+from s2policy.runtime import describe_device, resolve_device
 from s2policy.training.loop import fit_normalizer
 
 CAMERAS = ["front", "wrist"]
@@ -106,13 +104,7 @@ def main() -> None:
 
         cached = steps_per_s(cached_step, args.seconds, device) * args.batch
         reencode = steps_per_s(reencode_step, args.seconds, device) * args.batch
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else (
-            f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
-        )
-    )
+    name = describe_device(device)
     print(
         f"device: {name}; fp32; {args.policy} policy; encoder {args.backbone} scales "
         f"{args.scales}; batch {args.batch}; {pcfg.n_obs_steps} obs steps x {len(CAMERAS)} cameras"

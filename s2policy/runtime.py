@@ -49,3 +49,13 @@ def init_distributed() -> tuple[int, int]:
 def shutdown_distributed() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def describe_device(device: torch.device) -> str:
+    """One line naming the machine a measurement ran on (for benchmark headers)."""
+    import platform
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cores = os.cpu_count()
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads of {cores} cores"
