@@ -13,6 +13,7 @@ def register_configs() -> None:
     from s2policy.features.command import CacheCommandConfig
     from s2policy.policies.diffusion import DiffusionPolicyConfig
     from s2policy.policies.mlp import MLPPolicyConfig
+    from s2policy.pretraining.train import PretrainConfig
     from s2policy.task import TaskConfig
     from s2policy.training.config import RunConfig, TrainConfig
 
@@ -23,6 +24,7 @@ def register_configs() -> None:
     cs.store(group="encoder", name="encoder_schema", node=EncoderConfig)
     cs.store(name="run_schema", node=RunConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="pretrain_schema", node=PretrainConfig)
     cs.store(group="policy", name="mlp_schema", node=MLPPolicyConfig)
     cs.store(group="policy", name="diffusion_schema", node=DiffusionPolicyConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)

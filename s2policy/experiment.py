@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ def run_experiment(
     checkpoint = train(cfg, on_log)
     if not cfg.eval.enabled or not checkpoint.exists():
         return checkpoint, None
+    from s2policy.evaluation.probe import probe_cache
     from s2policy.evaluation.rollout import EvalConfig, evaluate
+    from s2policy.features.cache import list_caches
+    from s2policy.training.checkpoint import read_info
 
     eval_cfg = EvalConfig(
         checkpoint=str(checkpoint),
@@ -33,4 +37,10 @@ def run_experiment(
         task=cfg.task.name,
         encoder=cfg.encoder,
     )
-    return checkpoint, evaluate(eval_cfg, on_episode)
+    results = evaluate(eval_cfg, on_episode)
+    fingerprint = read_info(checkpoint)["cache_fingerprint"]
+    if fingerprint is not None:  # linear-probe R² of the same features, for the report
+        cache = next(c for c in list_caches(cfg.dataset) if c.fingerprint == fingerprint)
+        results["probe"] = probe_cache(cfg.dataset, cache, seed=cfg.train.seed)
+        (checkpoint.parent / "eval" / "results.json").write_text(json.dumps(results, indent=1))
+    return checkpoint, results

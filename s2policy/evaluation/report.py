@@ -20,21 +20,9 @@ import numpy as np
 
 from s2policy.evaluation.stats import success_rate
 
-COLUMNS = [
-    "task",
-    "backbone",
-    "scales",
-    "params_M",
-    "gflops_per_img",
-    "encoder_ms",
-    "policy",
-    "success",
-    "ci95_low",
-    "ci95_high",
-    "episodes",
-    "seeds",
-    "seed_rates",
-]
+COLUMNS = ["task", "backbone", "scales", "weights", "params_M", "gflops_per_img", "encoder_ms",
+           "probe_object_r2", "probe_gripper_r2", "policy", "success", "ci95_low", "ci95_high",
+           "episodes", "seeds", "seed_rates"]  # fmt: skip
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:
@@ -59,21 +47,30 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = (r["task"], enc["backbone"], tuple(enc["scales"]), enc.get("weights"), r["policy"])
         groups[key].append(r)
     rows = []
-    for (task, backbone, scales, _weights, policy), runs in sorted(groups.items(), key=str):
+    for (task, backbone, scales, weights, policy), runs in sorted(groups.items(), key=str):
         wins = sum(r["successes"] for r in runs)
         n = sum(r["n_episodes"] for r in runs)
         rate = success_rate(wins, n)
         enc_ms = [r["latency"].get("encoder_ms", {}).get("mean") for r in runs]
         enc_ms = [v for v in enc_ms if v is not None]
         by_seed = sorted((r.get("train_seed", 0), r["success_rate"]) for r in runs)
+        probes = [r["probe"] for r in runs if r.get("probe")]
+
+        def probe_mean(key, probes=probes):
+            values = [p[key] for p in probes if key in p]
+            return float(np.mean(values)) if values else None
+
         rows.append(
             {
                 "task": task,
                 "backbone": "blind (state only)" if backbone == "none" else backbone,
                 "scales": "-" if backbone == "none" else "(" + ", ".join(map(str, scales)) + ")",
+                "weights": "-" if backbone == "none" else (weights or "random"),
                 "params_M": runs[0]["encoder"]["params"] / 1e6,
                 "gflops_per_img": runs[0]["encoder"]["gflops_per_image"],
                 "encoder_ms": float(np.mean(enc_ms)) if enc_ms else 0.0,
+                "probe_object_r2": probe_mean("object_pos"),
+                "probe_gripper_r2": probe_mean("gripper"),
                 "policy": policy,
                 "success": rate.rate,
                 "ci95_low": rate.low,
@@ -88,14 +85,20 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| task | backbone | scales | params (M) | GFLOPs/img | encoder ms/call | policy | "
-        "success [95% CI] | episodes | seeds (per-seed success) |",
-        "| --- | --- | --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
+        "| task | backbone | scales | weights | params (M) | GFLOPs/img | encoder ms/call | "
+        "probe R² object | probe R² gripper | policy | success [95% CI] | episodes | "
+        "seeds (per-seed success) |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- |",
     ]
+
+    def r2(v):
+        return "-" if v is None else f"{v:.3f}"
+
     for r in rows:
         lines.append(
-            f"| {r['task']} | {r['backbone']} | {r['scales']} | {r['params_M']:.2f} | "
-            f"{r['gflops_per_img']:.3f} | {r['encoder_ms']:.1f} | {r['policy']} | "
+            f"| {r['task']} | {r['backbone']} | {r['scales']} | {r['weights']} | "
+            f"{r['params_M']:.2f} | {r['gflops_per_img']:.3f} | {r['encoder_ms']:.1f} | "
+            f"{r2(r['probe_object_r2'])} | {r2(r['probe_gripper_r2'])} | {r['policy']} | "
             f"{100 * r['success']:.1f}% [{100 * r['ci95_low']:.1f}, {100 * r['ci95_high']:.1f}] | "
             f"{r['episodes']} | {r['seeds']} ({r['seed_rates']}) |"
         )
@@ -112,7 +115,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     for r in rows:
         y = 100 * r["success"]
         err = [[max(0.0, y - 100 * r["ci95_low"])], [max(0.0, 100 * r["ci95_high"] - y)]]
-        label = f"{r['backbone']} {r['scales']} {r['policy']}".replace(" -", "")
+        weights = "" if r["weights"] in ("-", "random") else f" {r['weights']}"
+        label = f"{r['backbone']} {r['scales']}{weights} {r['policy']}".replace(" -", "")
         ax.errorbar(r["gflops_per_img"], y, yerr=err, fmt="o", capsize=4, label=label)
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlabel("encoder GFLOPs per image (symlog; blind = 0)")

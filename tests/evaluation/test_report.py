@@ -28,8 +28,8 @@ def result(backbone, scales, seed, successes, n=10, gflops=1.0, policy="mlp"):
 SYNTHETIC = [
     result("vit_t", [224], 0, 4),
     result("vit_t", [224], 1, 6),
-    result("vit_t", [224, 448], 0, 9, gflops=5.0),
-    result("vit_t", [224, 448], 1, 7, gflops=5.0),
+    result("vit_t", [224, 448], 0, 9, gflops=5.0) | {"probe": {"object_pos": 0.95}},
+    result("vit_t", [224, 448], 1, 7, gflops=5.0) | {"probe": {"object_pos": 0.85}},
     result("none", [], 0, 1),
 ]
 
@@ -55,7 +55,7 @@ def test_report_files(tmp_path):
         (d / "results.json").write_text(json.dumps(r))
     md, files = write_report([runs], tmp_path / "report")
     assert (
-        "| cube_pick | vit_t | (224, 448) | 5.70 | 5.000 | 4.0 | mlp | 80.0% [58.4, 91.9] | 20 |"
+        "| cube_pick | vit_t | (224, 448) | random | 5.70 | 5.000 | 4.0 | 0.900 | - | mlp | 80.0% [58.4, 91.9] | 20 |"
         in md
     )
     assert "blind (state only)" in md

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from s2policy.encoders.s2 import EncoderConfig, build_encoder
+from s2policy.evaluation.probe import main, probe_cache, r2_score, ridge_r2
+from s2policy.features.cache import build_cache
+
+
+def test_linear_target_gives_r2_near_one_and_noise_near_zero():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 20))
+    w = rng.normal(size=(20, 3))
+    y = x @ w + 0.01 * rng.normal(size=(600, 3))
+    r2, _ = ridge_r2(x[:400], y[:400], x[400:], y[400:])
+    assert r2 > 0.99
+    noise = rng.normal(size=(600, 2))
+    r2, _ = ridge_r2(x[:400], noise[:400], x[400:], noise[400:])
+    assert abs(r2) < 0.1
+
+
+def test_r2_score_definition():
+    y = np.array([1.0, 2.0, 3.0])
+    assert r2_score(y, y) == 1.0 and r2_score(y, np.full(3, 2.0)) == pytest.approx(0.0)
+
+
+def test_too_few_samples():
+    with pytest.raises(ValueError, match="too few samples"):
+        ridge_r2(np.zeros((3, 2)), np.zeros(3), np.zeros((3, 2)), np.zeros(3))
+
+
+def test_probe_on_a_cache(demo_store, capsys):
+    cache = build_cache(demo_store, build_encoder(EncoderConfig(backbone="vit_nano", scales=(32,))))
+    r2 = probe_cache(demo_store, cache)
+    assert set(r2) == {"object_pos", "gripper"} and all(
+        np.isfinite(v) and v <= 1 for v in r2.values()
+    )
+    main(["--dataset", str(demo_store), "--encoders", "nano"])
+    assert "| nano | random |" in capsys.readouterr().out

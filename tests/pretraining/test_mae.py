@@ -1,0 +1,168 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from s2policy.encoders.backbones import build_backbone
+from s2policy.encoders.s2 import EncoderConfig, build_encoder
+from s2policy.features.cache import fingerprint
+from s2policy.pretraining.mae import MaskedAutoencoder, random_masking, s2_tiles
+from s2policy.pretraining.train import PretrainConfig, load_frames, pretrain
+from s2policy.task import TaskConfig
+
+TINY_TASK = TaskConfig(env={"image_size": (32, 32), "shadow_size": 0})
+
+
+def mae(ratio=0.75, backbone="vit_nano"):
+    vit, _ = build_backbone(backbone)
+    return MaskedAutoencoder(vit.requires_grad_(True), ratio, decoder_dim=32, decoder_heads=2)
+
+
+def test_masking_ratio_and_restore():
+    gen = torch.Generator().manual_seed(0)
+    keep, mask, restore = random_masking(3, 16, 0.75, gen, torch.device("cpu"))
+    assert keep.shape == (3, 4) and mask.shape == (3, 16)
+    assert (mask.sum(1) == 12).all()  # exactly 75 % masked per image
+    for b in range(3):
+        assert (mask[b, keep[b]] == 0).all()  # the kept patches are the unmasked ones
+    shuffled = torch.arange(16).expand(3, -1).gather(1, restore.argsort(1))
+    np.testing.assert_array_equal(
+        shuffled.gather(1, restore).numpy(), np.tile(np.arange(16), (3, 1))
+    )
+
+
+def test_patch_bookkeeping():
+    model = mae()
+    images = torch.rand(2, 3, 32, 32)
+    patches = model.patchify(images)
+    assert patches.shape == (2, 16, 8 * 8 * 3)
+    torch.testing.assert_close(model.unpatchify(patches), images)
+    loss, pred, mask = model(images, torch.Generator().manual_seed(0))
+    assert pred.shape == patches.shape and mask.sum() == 2 * 12 and loss.ndim == 0
+    masked, recon = model.reconstruct(images, torch.Generator().manual_seed(0))
+    m = model.unpatchify(mask[..., None].expand_as(patches)) == 0
+    torch.testing.assert_close(recon[m], images[m])  # visible patches pasted back unchanged
+
+
+def test_registers_backbone_and_s2_tiles():
+    model = mae(backbone="vit_nano_reg")
+    loss, _, _ = model(torch.rand(2, 3, 28, 28))
+    assert torch.isfinite(loss)
+    assert s2_tiles(torch.rand(2, 3, 40, 40), 64, 32).shape == (8, 3, 32, 32)
+
+
+def test_reconstruction_loss_falls_on_a_tiny_dataset(tmp_path, demo_store):
+    cfg = PretrainConfig(
+        backbone="vit_nano",
+        img_size=32,
+        scales=[32, 64],
+        datasets=[str(demo_store)],
+        steps=80,
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=5,
+        log_every=10,
+        decoder_dim=32,
+        decoder_heads=2,
+        device="cpu",
+        name="mae_test",
+        weights_dir=str(tmp_path / "w"),
+        output_dir=str(tmp_path / "run"),
+        task=TINY_TASK,
+    )
+    path = pretrain(cfg)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert (tmp_path / "run" / "loss.png").is_file()
+    assert (tmp_path / "run" / "reconstruction.png").is_file()
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["backbone"] == "vit_nano" and meta["frames"] > 0
+
+
+def test_saved_weights_load_by_name_and_change_the_fingerprint(tmp_path, demo_store, monkeypatch):
+    monkeypatch.setenv("S2POLICY_WEIGHTS_DIR", str(tmp_path / "w"))
+    cfg = PretrainConfig(
+        backbone="vit_nano",
+        img_size=32,
+        datasets=[str(demo_store)],
+        steps=3,
+        batch_size=8,
+        decoder_dim=32,
+        decoder_heads=2,
+        device="cpu",
+        name="mae_nano",
+        output_dir=str(tmp_path / "run"),
+        task=TINY_TASK,
+    )
+    pretrain(cfg)
+    pretrained = build_encoder(
+        EncoderConfig(backbone="vit_nano", scales=(32, 64), weights="mae_nano")
+    )
+    random = build_encoder(EncoderConfig(backbone="vit_nano", scales=(32, 64)))
+    assert pretrained.spec()["backbone"]["weights"] == "mae_nano"
+    assert fingerprint("d", pretrained.spec(), "float32") != fingerprint(
+        "d", random.spec(), "float32"
+    )
+    with pytest.raises(ValueError, match="trained for backbone 'vit_nano', not 'vit_micro'"):
+        build_encoder(EncoderConfig(backbone="vit_micro", scales=(64,), weights="mae_nano"))
+
+
+def test_resume_continues_to_the_same_weights(tmp_path, demo_store):
+    def cfg(out, steps, resume=False):
+        return PretrainConfig(
+            backbone="vit_nano",
+            img_size=32,
+            datasets=[str(demo_store)],
+            steps=steps,
+            batch_size=8,
+            decoder_dim=32,
+            decoder_heads=2,
+            device="cpu",
+            ckpt_every=4,
+            log_every=2,
+            warmup_steps=2,
+            name=f"m_{out}",
+            weights_dir=str(tmp_path / "w"),
+            output_dir=str(tmp_path / out),
+            task=TINY_TASK,
+            resume=resume,
+        )
+
+    full = pretrain(cfg("full", 8))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_6(record):
+        if record["step"] == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):  # killed after the step-4 checkpoint
+        pretrain(cfg("cut", 8), on_log=stop_at_6)
+    resumed = pretrain(cfg("cut", 8, resume=True))
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(full)), load_file(str(resumed))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_random_rollout_frames_and_empty_frame_set(tmp_path):
+    from s2policy.data.replay_buffer import ReplayBuffer
+
+    ReplayBuffer.create(tmp_path / "empty.zarr", attrs={"cameras": ["front"]})
+    empty = PretrainConfig(datasets=[str(tmp_path / "empty.zarr")], random_frames=0, task=TINY_TASK)
+    with pytest.raises(ValueError, match="no frames to pretrain on"):
+        load_frames(empty)
+    rollouts = PretrainConfig(datasets=[], random_frames=10, task=TINY_TASK)
+    frames = load_frames(rollouts)
+    assert frames.shape == (10, 32, 32, 3) and frames.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    "kw, match", [({"scales": [48]}, "multiples"), ({"mask_ratio": 1.0}, "mask_ratio")]
+)
+def test_bad_pretrain_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        PretrainConfig(img_size=32, **kw)
