@@ -90,6 +90,8 @@ class RunConfig:
     dataset: str = "datasets/cube_pick.zarr"
     #: Name of the run (its directory under ``outputs/<task>/``).
     run_name: str = "run"
+    #: Suffix of the default run name (e.g. ``_mae`` to keep runs with other weights apart).
+    run_tag: str = ""
     #: Run directory (hydra's output directory by default).
     output_dir: str = "outputs/run"
 
