@@ -62,6 +62,7 @@ bench: setup
 	$(PY) benchmarks/encoder_throughput.py
 	$(PY) benchmarks/cache_pipeline.py
 	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/inference_latency.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
