@@ -14,6 +14,25 @@ from s2policy.task import TaskConfig
 TINY_TASK = TaskConfig(env={"image_size": (32, 32), "shadow_size": 0})
 
 
+def tiny_cfg(store, tmp_path, run="run", **kw):
+    """A vit_nano MAE run on the demo store, written under ``tmp_path``."""
+    base = dict(
+        backbone="vit_nano",
+        img_size=32,
+        datasets=[str(store)],
+        steps=3,
+        batch_size=8,
+        decoder_dim=32,
+        decoder_heads=2,
+        device="cpu",
+        name=f"mae_{run}",
+        weights_dir=str(tmp_path / "w"),
+        output_dir=str(tmp_path / run),
+        task=TINY_TASK,
+    )
+    return PretrainConfig(**{**base, **kw})
+
+
 def mae(ratio=0.75, backbone="vit_nano"):
     vit, _ = build_backbone(backbone)
     return MaskedAutoencoder(vit.requires_grad_(True), ratio, decoder_dim=32, decoder_heads=2)
@@ -53,23 +72,16 @@ def test_registers_backbone_and_s2_tiles():
 
 
 def test_reconstruction_loss_falls_on_a_tiny_dataset(tmp_path, demo_store):
-    cfg = PretrainConfig(
-        backbone="vit_nano",
-        img_size=32,
+    cfg = tiny_cfg(
+        demo_store,
+        tmp_path,
         scales=[32, 64],
-        datasets=[str(demo_store)],
         steps=80,
         batch_size=32,
         lr=3e-3,
         warmup_steps=5,
         log_every=10,
-        decoder_dim=32,
-        decoder_heads=2,
-        device="cpu",
         name="mae_test",
-        weights_dir=str(tmp_path / "w"),
-        output_dir=str(tmp_path / "run"),
-        task=TINY_TASK,
     )
     path = pretrain(cfg)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
@@ -82,19 +94,7 @@ def test_reconstruction_loss_falls_on_a_tiny_dataset(tmp_path, demo_store):
 
 def test_saved_weights_load_by_name_and_change_the_fingerprint(tmp_path, demo_store, monkeypatch):
     monkeypatch.setenv("S2POLICY_WEIGHTS_DIR", str(tmp_path / "w"))
-    cfg = PretrainConfig(
-        backbone="vit_nano",
-        img_size=32,
-        datasets=[str(demo_store)],
-        steps=3,
-        batch_size=8,
-        decoder_dim=32,
-        decoder_heads=2,
-        device="cpu",
-        name="mae_nano",
-        output_dir=str(tmp_path / "run"),
-        task=TINY_TASK,
-    )
+    cfg = tiny_cfg(demo_store, tmp_path, name="mae_nano", weights_dir=None)
     pretrain(cfg)
     pretrained = build_encoder(
         EncoderConfig(backbone="vit_nano", scales=(32, 64), weights="mae_nano")
@@ -110,22 +110,14 @@ def test_saved_weights_load_by_name_and_change_the_fingerprint(tmp_path, demo_st
 
 def test_resume_continues_to_the_same_weights(tmp_path, demo_store):
     def cfg(out, steps, resume=False):
-        return PretrainConfig(
-            backbone="vit_nano",
-            img_size=32,
-            datasets=[str(demo_store)],
+        return tiny_cfg(
+            demo_store,
+            tmp_path,
+            run=out,
             steps=steps,
-            batch_size=8,
-            decoder_dim=32,
-            decoder_heads=2,
-            device="cpu",
             ckpt_every=4,
             log_every=2,
             warmup_steps=2,
-            name=f"m_{out}",
-            weights_dir=str(tmp_path / "w"),
-            output_dir=str(tmp_path / out),
-            task=TINY_TASK,
             resume=resume,
         )
 
