@@ -32,7 +32,7 @@ def main(dict_cfg: DictConfig) -> None:
     print(
         f"success {100 * results['success_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
         f"({results['successes']}/{results['n_episodes']} episodes) -> "
-        f"{results['checkpoint']}/../eval/results.json"
+        f"{results['results_file']}"
     )
 
 

@@ -42,5 +42,5 @@ def run_experiment(
     if fingerprint is not None:  # linear-probe R² of the same features, for the report
         cache = next(c for c in list_caches(cfg.dataset) if c.fingerprint == fingerprint)
         results["probe"] = probe_cache(cfg.dataset, cache, seed=cfg.train.seed)
-        (checkpoint.parent / "eval" / "results.json").write_text(json.dumps(results, indent=1))
+        Path(results["results_file"]).write_text(json.dumps(results, indent=1))
     return checkpoint, results

@@ -5,7 +5,9 @@ episodes from the seed list in turn. When a slot has no queued action, the frame
 ``n_obs_steps`` observations go through the live encoder (all slots and cameras in one batch,
 the cache's exact preprocessing and float16 rounding) and the policy predicts a chunk, whose
 ``n_action_steps`` executable actions are queued. Diffusion noise is drawn per episode from a
-generator seeded by the episode's seed, so an episode's result does not depend on its slot.
+generator seeded by the episode's seed. An evaluation is reproducible from its seed list and
+``n_envs``: with another ``n_envs`` the batches differ, and batch-size-dependent float rounding
+in the encoder can flip closed-loop outcomes of brittle policies.
 """
 
 from __future__ import annotations
@@ -331,6 +333,7 @@ def write_results(out, cfg, info, live, episodes, latency, loaded) -> dict[str, 
         "ci95": [rate.low, rate.high],
         "latency": {k: _summary(v) for k, v in latency.items()},
     }
+    results["results_file"] = str(out / "results.json")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     logger.info("%s: success %s -> %s", loaded.path, rate, out / "results.json")
     return results

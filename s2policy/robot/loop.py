@@ -38,10 +38,15 @@ class LoopConfig:
     infer_when_remaining: int = 2
     #: ACT temporal ensembling decay (null: newest chunk wins).
     ensemble_decay: float | None = None
+    #: After asking for a chunk, wait up to this long (s) for it before acting, so that a fast
+    #: inference serves the current tick (0: never wait; the chunk then serves the next ticks).
+    sync_wait_s: float = 0.0
 
     def __post_init__(self):
         if not 0.1 <= self.hz <= 1000 or self.max_ticks < 1 or self.infer_when_remaining < 0:
             raise ValueError("need 0.1 <= hz <= 1000, max_ticks >= 1, infer_when_remaining >= 0")
+        if not 0 <= self.sync_wait_s < 1 / self.hz:
+            raise ValueError(f"sync_wait_s must be in [0, 1/hz), got {self.sync_wait_s}")
 
 
 @dataclass
@@ -95,7 +100,17 @@ class InferenceLoop:
             self.robot.reset(seed)
             first = self.robot.observe()
             history = deque([first] * self.n_obs_steps, maxlen=self.n_obs_steps)
-            last_stamp, latency_ms, started = first["timestamp"], -1.0, False
+            last_stamp, state = first["timestamp"], {"latency_ms": -1.0, "started": False}
+
+            def collect(tick: int) -> None:
+                for result in self.worker.poll():
+                    report.skipped_actions += scheduler.add(result.tick, result.actions, tick)
+                    state["latency_ms"] = 1e3 * result.latency_s
+                    report.inference_ms.append(state["latency_ms"])
+                    report.encoder_ms.append(result.timing.get("encoder_ms", 0.0))
+                    report.policy_ms.append(result.timing.get("policy_ms", 0.0))
+                    state["started"] = True
+
             t0 = self.clock()
             for tick in range(self.cfg.max_ticks):
                 now = self.clock()
@@ -104,25 +119,22 @@ class InferenceLoop:
                 if obs["timestamp"] != last_stamp:
                     history.append(obs)
                     last_stamp = obs["timestamp"]
-                for result in self.worker.poll():
-                    report.skipped_actions += scheduler.add(result.tick, result.actions, tick)
-                    latency_ms = 1e3 * result.latency_s
-                    report.inference_ms.append(latency_ms)
-                    report.encoder_ms.append(result.timing.get("encoder_ms", 0.0))
-                    report.policy_ms.append(result.timing.get("policy_ms", 0.0))
-                    started = True
+                collect(tick)
                 if (
                     not self.worker.busy
                     and scheduler.remaining(tick) <= self.cfg.infer_when_remaining
                 ):
                     self.worker.submit(list(history), tick)
+                    if self.cfg.sync_wait_s:
+                        self.worker.wait(self.cfg.sync_wait_s)
+                    collect(tick)  # a chunk that is already there serves this very tick
                 events: list[str] = []
                 proposed = scheduler.action(tick)
                 action = None
                 if observation_is_stale(obs, now, self.safety.cfg.max_obs_age_s):
                     events.append("stale_obs")
                 elif proposed is None:
-                    if started:
+                    if state["started"]:
                         events.append("starved")
                 else:
                     action, filtered = self.safety.filter(proposed, obs["state"])
@@ -135,7 +147,9 @@ class InferenceLoop:
                 report.ticks += 1
                 report.events.update(events)
                 if self.log is not None:
-                    self.log.tick(obs, action, proposed, events, now, latency_ms, self.action_dim)
+                    self.log.tick(
+                        obs, action, proposed, events, now, state["latency_ms"], self.action_dim
+                    )
                 if self.on_tick is not None:
                     self.on_tick(report)
                 if self.robot.status()["done"]:

@@ -47,6 +47,8 @@ class RobotRunConfig:
     max_ticks: int = 100
     infer_when_remaining: int = 2
     ensemble_decay: float | None = None
+    #: Wait up to this long (s) for a requested chunk before acting (see LoopConfig).
+    sync_wait_s: float = 0.0
     device: str = "auto"
     num_inference_steps: int | None = None
     safety: SafetyConfig = field(default_factory=SafetyConfig)
@@ -138,7 +140,9 @@ def run_robot(
     loop = InferenceLoop(
         worker,
         robot,
-        LoopConfig(hz, cfg.max_ticks, cfg.infer_when_remaining, cfg.ensemble_decay),
+        LoopConfig(
+            hz, cfg.max_ticks, cfg.infer_when_remaining, cfg.ensemble_decay, cfg.sync_wait_s
+        ),
         loaded.policy.cfg.n_obs_steps,
         SafetyFilter(cfg.safety, spec),
         log,

@@ -54,6 +54,11 @@ class ThreadWorker:
         self._thread = threading.Thread(target=work, daemon=True, name="chunk-inference")
         self._thread.start()
 
+    def wait(self, timeout_s: float) -> None:
+        """Block until the running inference finishes or ``timeout_s`` passes."""
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+
     def poll(self) -> list[ChunkResult]:
         with self._lock:
             if self._error is not None:
@@ -84,6 +89,9 @@ class SimulatedLatencyWorker:
             self.clock() + self.latency_s,
             ChunkResult(tick, actions, self.latency_s, timing),
         )
+
+    def wait(self, timeout_s: float) -> None:
+        """Simulated time does not pass while waiting; only a zero-latency result is ready."""
 
     def poll(self) -> list[ChunkResult]:
         if self._pending is not None and self.clock() >= self._pending[0] - 1e-9:

@@ -352,3 +352,29 @@ def test_loop_over_a_remote_robot_holds_when_the_link_drops():
     finally:
         server.stop()
         client.close()
+
+
+def test_a_chunk_that_is_ready_serves_the_current_tick():
+    clock = FakeClock()
+    robot = FakeRobot(clock)
+    # zero latency, new chunk only when the last is used up: every action comes from its chunk's
+    # first position onwards and nothing is held or skipped (what evaluation does)
+    report = make_loop(robot, clock, latency_s=0.0, infer_when_remaining=0).run_episode()
+    assert report.held_ticks == 0 and report.skipped_actions == 0 and len(robot.actions) == 20
+    with pytest.raises(ValueError, match="sync_wait_s"):
+        LoopConfig(hz=10, sync_wait_s=0.2)
+
+
+def test_sync_wait_lets_a_fast_thread_inference_serve_the_current_tick():
+    robot = FakeRobot(time.monotonic)
+
+    def slow(history):
+        time.sleep(0.01)
+        return constant_infer()(history)
+
+    cfg = LoopConfig(hz=20, max_ticks=6, infer_when_remaining=0, sync_wait_s=0.04)
+    loop = InferenceLoop(
+        ThreadWorker(slow, time.monotonic), robot, cfg, 2, SafetyFilter(SafetyConfig(), SPEC)
+    )
+    report = loop.run_episode()
+    assert report.held_ticks == 0 and report.skipped_actions == 0
