@@ -30,7 +30,7 @@ CAMERAS = ("front", "wrist")
 
 def build(backbone, scales, policy_name, device, dtype, image_size):
     encoder = build_encoder(EncoderConfig(backbone=backbone, scales=scales)).to(device)
-    live = LiveEncoder.from_encoder(encoder, dtype)
+    live = LiveEncoder(encoder, dtype)
     pcfg = (
         MLPPolicyConfig() if policy_name == "mlp" else DiffusionPolicyConfig(num_inference_steps=16)
     )

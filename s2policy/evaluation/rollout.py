@@ -100,28 +100,25 @@ def check_checkpoint(cfg: EvalConfig, info: dict[str, Any]) -> None:
 
 
 class LiveEncoder:
-    """The checkpoint's encoder, rebuilt and checked against the spec it was trained with."""
+    """A frozen encoder applied to live frames exactly as the feature cache applies it."""
 
-    def __init__(self, info: dict[str, Any], device: torch.device):
+    def __init__(self, encoder: S2Encoder, dtype: str = "float32"):
+        self.encoder, self.dtype = encoder, dtype
+        self.device = next(encoder.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, info: dict[str, Any], device: torch.device) -> LiveEncoder:
+        """The checkpoint's encoder, rebuilt and checked against the spec it was trained with."""
         meta = info["encoder"]
-        self.encoder: S2Encoder = build_encoder(EncoderConfig(**meta["config"])).to(device)
-        self.dtype = meta["dtype"]
-        self.device = device
-        spec = self.encoder.spec()
+        encoder = build_encoder(EncoderConfig(**meta["config"])).to(device)
+        spec = encoder.spec()
         if spec != meta["spec"]:
             keys = sorted(k for k in spec if spec[k] != meta["spec"].get(k))
             raise ValueError(
                 f"the live encoder differs from the one this policy was trained on in {keys} "
                 "(did the weights file change?); retrain or restore the weights"
             )
-
-    @classmethod
-    def from_encoder(cls, encoder: S2Encoder, dtype: str = "float32") -> LiveEncoder:
-        """Wrap an encoder built here (benchmarks); no checkpoint spec to check against."""
-        live = cls.__new__(cls)
-        live.encoder, live.dtype = encoder, dtype
-        live.device = next(encoder.parameters()).device
-        return live
+        return cls(encoder, meta["dtype"])
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 ``(N, H, W, 3)`` -> features ``(N, ...)`` exactly as the cache stores them."""
@@ -154,7 +151,7 @@ def evaluate(
     check_checkpoint(cfg, info)
     task = TaskConfig(**info["task"])
     cameras = list(info["shape_meta"]["features"])
-    live = LiveEncoder(info, device) if cameras else None
+    live = LiveEncoder.from_checkpoint(info, device) if cameras else None
     seeds = cfg.seed_list()
     n_envs = min(cfg.n_envs, len(seeds))
     out = Path(cfg.output_dir) if cfg.output_dir else loaded.path.parent / "eval"

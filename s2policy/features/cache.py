@@ -123,9 +123,8 @@ def cache_fingerprint(
 ) -> str:
     """The fingerprint of ``encoder``'s cache on ``store``'s current frames."""
     buffer = ReplayBuffer.open(store)
-    return fingerprint(
-        dataset_identity(buffer, resolve_cameras(buffer, cameras)), encoder.spec(), dtype
-    )
+    cameras = resolve_cameras(buffer, cameras)
+    return fingerprint(dataset_identity(buffer, cameras), encoder.spec(), dtype)
 
 
 def open_cache(
@@ -136,7 +135,7 @@ def open_cache(
     buffer = ReplayBuffer.open(store)
     cameras = resolve_cameras(buffer, cameras)
     spec = encoder.spec()
-    fp = cache_fingerprint(store, encoder, cameras, dtype)
+    fp = fingerprint(dataset_identity(buffer, cameras), spec, dtype)
     caches = {c.fingerprint: c for c in list_caches(store)}
     if fp not in caches:
         others = "; ".join(

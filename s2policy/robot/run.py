@@ -67,7 +67,9 @@ def make_infer_fn(
 ) -> Callable:
     """``history -> (executable actions (K, A), {"encoder_ms", "policy_ms"})`` of a checkpoint."""
     policy = loaded.policy
-    live = LiveEncoder(loaded.info, device) if policy.shape_meta["features"] else None
+    live = (
+        LiveEncoder.from_checkpoint(loaded.info, device) if policy.shape_meta["features"] else None
+    )
     kw = (
         {"num_inference_steps": num_inference_steps}
         if (num_inference_steps and policy.name == "diffusion")

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.s2 import EncoderConfig
@@ -95,7 +96,7 @@ def test_live_encoder_on_rendered_frames_equals_the_cache(demo_store, mlp_ckpt):
         obs, *_ = env.step(action)
         frames["front"].append(obs["front"])
         frames["wrist"].append(obs["wrist"])
-    live = LiveEncoder(info, __import__("torch").device("cpu"))
+    live = LiveEncoder.from_checkpoint(info, torch.device("cpu"))
     cache = open_cache(demo_store, live.encoder, ["front", "wrist"], live.dtype)
     for cam in ("front", "wrist"):
         rendered = np.stack(frames[cam])
