@@ -366,15 +366,15 @@ def test_a_chunk_that_is_ready_serves_the_current_tick():
 
 
 def test_sync_wait_lets_a_fast_thread_inference_serve_the_current_tick():
+    """Real threads; the wait (0.2 s) is ~1000x what the instant inference needs."""
     robot = FakeRobot(time.monotonic)
-
-    def slow(history):
-        time.sleep(0.01)
-        return constant_infer()(history)
-
-    cfg = LoopConfig(hz=20, max_ticks=6, infer_when_remaining=0, sync_wait_s=0.04)
+    cfg = LoopConfig(hz=4, max_ticks=3, infer_when_remaining=0, sync_wait_s=0.2)
     loop = InferenceLoop(
-        ThreadWorker(slow, time.monotonic), robot, cfg, 2, SafetyFilter(SafetyConfig(), SPEC)
+        ThreadWorker(constant_infer(), time.monotonic),
+        robot,
+        cfg,
+        2,
+        SafetyFilter(SafetyConfig(), SPEC),
     )
     report = loop.run_episode()
     assert report.held_ticks == 0 and report.skipped_actions == 0
