@@ -19,7 +19,7 @@ import torch
 
 from s2policy.data.normalizer import Normalizer
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
-from s2policy.evaluation.rollout import LiveEncoder, infer
+from s2policy.inference import LiveEncoder, infer
 from s2policy.policies import make_policy
 from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicyConfig

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from s2policy.evaluation.rollout import LiveEncoder, infer
+from s2policy.inference import LiveEncoder, infer
 from s2policy.robot.interface import RobotInterface
 from s2policy.robot.log import RobotLog
 from s2policy.robot.loop import EpisodeReport, InferenceLoop, LoopConfig, summarize

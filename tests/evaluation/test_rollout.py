@@ -6,8 +6,9 @@ import torch
 
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.s2 import EncoderConfig
-from s2policy.evaluation.rollout import EvalConfig, LiveEncoder, evaluate
+from s2policy.evaluation.rollout import EvalConfig, evaluate
 from s2policy.features.cache import open_cache
+from s2policy.inference import LiveEncoder
 from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicyConfig
 from s2policy.task import TaskConfig
