@@ -4,7 +4,7 @@
     python benchmarks/inference_latency.py --gpu                 # + S² ViT-B + diffusion (16 DDIM)
 
 Each row builds an untrained policy of the given shape (latency does not depend on the weights)
-and times ``s2policy.evaluation.rollout.infer`` on one observation history (2 steps x 2 cameras),
+and times ``s2policy.inference.infer`` on one observation history (2 steps x 2 cameras),
 exactly the call the robot loop's worker makes. Goals: <= 50 ms for the tiny config on 2 CPU
 cores, <= 15 ms for S² ViT-B + diffusion on an H100.
 """
