@@ -122,7 +122,14 @@ class ManipulationEnv(gym.Env):
 
         self._qadr = {
             n: self.model.joint(n).qposadr[0]
-            for n in ("gripper_x", "gripper_y", "gripper_z", "gripper_yaw", "finger_left")
+            for n in (
+                "gripper_x",
+                "gripper_y",
+                "gripper_z",
+                "gripper_yaw",
+                "finger_left",
+                "finger_right",
+            )
         }
         self._act = {
             n: self.model.actuator(n).id
@@ -175,7 +182,7 @@ class ManipulationEnv(gym.Env):
         for i, name in enumerate(("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")):
             self.data.qpos[self._qadr[name]] = home[i]
         self.data.qpos[self._qadr["finger_left"]] = FINGER_OPEN
-        self.data.qpos[self.model.joint("finger_right").qposadr[0]] = FINGER_OPEN
+        self.data.qpos[self._qadr["finger_right"]] = FINGER_OPEN
         self._target = home.copy()
         self._set_ctrl(gripper=-1.0)
         self._reset_task(rng)
@@ -228,7 +235,7 @@ class ManipulationEnv(gym.Env):
     @property
     def gripper_gap(self) -> float:
         left = self.data.qpos[self._qadr["finger_left"]]
-        right = self.data.qpos[self.model.joint("finger_right").qposadr[0]]
+        right = self.data.qpos[self._qadr["finger_right"]]
         return float(left + right)
 
     def fingers_touch(self, geom_id: int) -> bool:

@@ -10,22 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.replay_buffer import ReplayBuffer, check_finite
 from s2policy.data.sampler import episode_windows, split_episodes
 from s2policy.features.cache import CacheInfo
 
 logger = logging.getLogger(__name__)
 LOWDIM_KEYS = ("state", "action")
-
-
-def check_finite(key: str, values: np.ndarray) -> None:
-    bad = ~np.isfinite(values)
-    if bad.any():
-        step = int(np.argwhere(bad)[0][0])
-        raise ValueError(
-            f"{key!r} contains NaN or inf (first at step {step}, {int(bad.sum())} values); "
-            "fix or drop those episodes before training"
-        )
 
 
 @dataclass
@@ -68,7 +58,7 @@ class CachedFeatureData:
             if key not in buffer.keys():
                 raise ValueError(f"{store} has no {key!r} array; keys: {buffer.keys()}")
             values = np.asarray(buffer[key][:], dtype=np.float32)
-            check_finite(key, values)
+            check_finite(repr(key), values, "; fix or drop those episodes before training")
             self.arrays[key] = torch.from_numpy(values).to(self.device)
         if self.cameras and cache is None:
             raise ValueError("cameras were requested but no feature cache was given")
@@ -79,7 +69,9 @@ class CachedFeatureData:
                     f"{cache.attrs['cameras']}; store cameras: {buffer.attrs.get('cameras')})"
                 )
             feats = cache.features(cam)[:]  # float16 (T, *feature_shape), kept in half precision
-            check_finite(f"features/{cam}", feats.reshape(len(feats), -1))
+            check_finite(
+                f"features/{cam}", feats.reshape(len(feats), -1), "; remove and rebuild the cache"
+            )
             self.arrays[cam] = torch.from_numpy(feats).to(self.device)
         self.train_episodes, self.val_episodes = split_episodes(buffer.n_episodes, val_ratio, seed)
         ends = buffer.episode_ends

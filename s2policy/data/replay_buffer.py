@@ -45,6 +45,14 @@ def _time_chunk(step_shape: tuple[int, ...], dtype: np.dtype) -> int:
     return int(min(4096, max(1, CHUNK_BYTES // step_bytes)))
 
 
+def check_finite(name: str, values: np.ndarray, fix: str = "") -> None:
+    """Raise ``ValueError`` naming ``name`` and the first step (row) holding NaN or inf."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        step = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"{name} contains NaN or inf (first at step {step}){fix}")
+
+
 class ArrayView:
     """Read-only view of a ``data/<key>`` array limited to the committed steps ``[0, n_steps)``."""
 
@@ -268,9 +276,8 @@ class ReplayBuffer:
         for key, value in data.items():
             if value.dtype.kind == "O":
                 raise TypeError(f"data[{key!r}] has object dtype; use numeric arrays")
-            if value.dtype.kind in "fc" and not np.isfinite(value).all():
-                step = int(np.argwhere(~np.isfinite(value))[0][0])
-                raise ValueError(f"data[{key!r}] contains NaN or inf (first at step {step})")
+            if value.dtype.kind in "fc":
+                check_finite(f"data[{key!r}]", value)
         for key, value in meta.items():
             if value.size != 1:
                 raise ValueError(f"meta[{key!r}] must be one scalar per episode, got {value.shape}")

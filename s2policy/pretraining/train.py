@@ -30,6 +30,7 @@ from s2policy.features.cache import DTYPES
 from s2policy.pretraining.mae import MaskedAutoencoder, s2_tiles
 from s2policy.runtime import resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
+from s2policy.training.checkpoint import swap_in
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +189,7 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
             },
             tmp / "training_state.pt",
         )
-        shutil.rmtree(ckpt, ignore_errors=True)
-        tmp.rename(ckpt)
+        swap_in(tmp, ckpt)
 
     metrics = (out / "metrics.jsonl").open("a" if step else "w")
     autocast = dict(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "float32")

@@ -39,7 +39,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``run_dir/checkpoint`` (see module docstring) and return its path."""
     run_dir = Path(run_dir)
-    final, new, old = (run_dir / n for n in ("checkpoint", "checkpoint.new", "checkpoint.old"))
+    final, new = run_dir / "checkpoint", run_dir / "checkpoint.new"
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     save_file(_tensors(policy.state_dict()), str(new / "model.safetensors"))
@@ -57,6 +57,13 @@ def save_checkpoint(
         **meta,
     }
     (new / "policy.json").write_text(json.dumps(info, indent=1, default=str))
+    return swap_in(new, final)
+
+
+def swap_in(new: Path, final: Path) -> Path:
+    """Replace directory ``final`` by the fully written ``new`` with renames: ``final`` moves to
+    ``<final>.old`` first, so a crash leaves either the previous or the new directory whole."""
+    old = final.with_name(final.name + ".old")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
