@@ -11,10 +11,14 @@ configure_gl_backend(strict=False)
 import gymnasium as gym  # noqa: E402
 
 from envs.base import CAMERAS, STATE_KEYS, EnvConfig, ManipulationEnv  # noqa: E402
+from envs.randomization import Randomization  # noqa: E402
 
 #: Task name (as in ``configs/task/<name>.yaml``) -> (gymnasium id, entry point, episode limit).
 TASKS = {
     "cube_pick": ("s2policy/CubePick-v0", "envs.cube_pick:CubePickEnv", 80),
+    "place": ("s2policy/Place-v0", "envs.place:PlaceEnv", 100),
+    "stack": ("s2policy/Stack-v0", "envs.stack:StackEnv", 100),
+    "push": ("s2policy/Push-v0", "envs.push:PushEnv", 80),
 }
 
 for _id, _entry, _steps in TASKS.values():
@@ -33,4 +37,12 @@ def make(task: str, **kwargs) -> gym.Env:
     return gym.make(task, **kwargs)
 
 
-__all__ = ["CAMERAS", "STATE_KEYS", "TASKS", "EnvConfig", "ManipulationEnv", "make"]
+__all__ = [
+    "CAMERAS",
+    "STATE_KEYS",
+    "TASKS",
+    "EnvConfig",
+    "ManipulationEnv",
+    "Randomization",
+    "make",
+]

@@ -1,9 +1,12 @@
 """The base of every s2policy task: scene, gripper control, cameras, rendering, gymnasium API.
 
 A task subclasses :class:`ManipulationEnv`, names its MJCF file (which includes
-``assets/scene.xml``) and implements three small methods: where its objects start
+``assets/scene.xml``) and its objects (free bodies whose body, joint and geom share one name),
+and implements three small methods: where its objects start
 (:meth:`ManipulationEnv._reset_task`), their privileged state for experts
 (:meth:`ManipulationEnv._privileged`), and when it has succeeded (:meth:`ManipulationEnv._success`).
+Goal markers are mocap bodies (``data.mocap_pos``), drawn but never touched. Domain
+randomization (``EnvConfig.randomization``, :mod:`envs.randomization`) is applied at each reset.
 
 Action ``(A,)`` in ``[-1, 1]``: end-effector delta position ``(dx, dy, dz)`` scaled by
 ``max_step_m``, a yaw delta scaled by ``max_yaw_step_rad`` (when ``yaw_control``), and a gripper
@@ -25,12 +28,17 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from envs.randomization import Randomization, Randomizer
 from envs.rendering import require_rendering
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 CAMERAS = ("front", "wrist")
 STATE_KEYS = ("ee_x", "ee_y", "ee_z", "ee_yaw", "gripper_gap")
 FINGER_OPEN = 0.045  # finger joint travel (m); the gap between the pads is twice the joint value
+#: What :meth:`ManipulationEnv.sim_state` holds: everything the integrator needs to continue.
+SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
+#: Where tasks spawn objects (m): a 20 cm x 20 cm square centred under the gripper's home.
+SPAWN_LOW, SPAWN_HIGH = np.array([-0.1, -0.1]), np.array([0.1, 0.1])
 
 
 @dataclass
@@ -57,8 +65,12 @@ class EnvConfig:
     workspace_low: tuple[float, float, float] = (-0.25, -0.25, 0.005)
     #: Upper corner ``(x, y, z)`` (m) of that box.
     workspace_high: tuple[float, float, float] = (0.25, 0.25, 0.35)
+    #: Per-episode domain randomization; off by default (see :mod:`envs.randomization`).
+    randomization: Randomization = dataclasses.field(default_factory=Randomization)
 
     def __post_init__(self):
+        if not isinstance(self.randomization, Randomization):
+            self.randomization = Randomization(**self.randomization)
         self.image_size = tuple(int(v) for v in self.image_size)
         self.cameras = tuple(self.cameras)
         self.workspace_low = tuple(float(v) for v in self.workspace_low)
@@ -92,7 +104,21 @@ class EnvConfig:
         d["cameras"] = list(self.cameras)
         d["workspace_low"] = list(self.workspace_low)
         d["workspace_high"] = list(self.workspace_high)
+        d["randomization"] = self.randomization.to_dict()
         return d
+
+
+def sample_apart(
+    rng: np.random.Generator, n: int, low: np.ndarray, high: np.ndarray, min_dist: float
+) -> np.ndarray:
+    """``n`` points ``(n, 2)`` uniform in the box ``[low, high]``, pairwise at least ``min_dist``
+    apart (rejection sampling; deterministic for a given generator state)."""
+    for _ in range(1000):
+        points = rng.uniform(low, high, size=(n, 2))
+        gaps = np.linalg.norm(points[:, None] - points[None], axis=-1) + np.eye(n) * min_dist
+        if (gaps >= min_dist).all():
+            return points
+    raise RuntimeError(f"cannot place {n} points {min_dist} m apart in [{low}, {high}]")
 
 
 class ManipulationEnv(gym.Env):
@@ -103,6 +129,8 @@ class ManipulationEnv(gym.Env):
     xml: ClassVar[str]
     #: Scripted expert class of the task: ``expert(env, noise=..., seed=...)``.
     expert: ClassVar[type]
+    #: The task's objects: names of free bodies, each with a joint and one geom of that name.
+    objects: ClassVar[tuple[str, ...]]
 
     def __init__(self, render_mode: str | None = None, **config: Any):
         self.config = EnvConfig(**config)
@@ -145,6 +173,9 @@ class ManipulationEnv(gym.Env):
         self._ee_site = self.model.site("ee").id
         self._finger_geoms = (self.model.geom("finger_left").id, self.model.geom("finger_right").id)
         self._target = np.zeros(4)  # x, y, z, yaw of the tracked end-effector target
+        self._obj_qadr = {n: self.model.joint(n).qposadr[0] for n in self.objects}
+        self._obj_geom = {n: self.model.geom(n).id for n in self.objects}
+        self.randomizer = Randomizer(self.model, self.objects, self.config.randomization)
 
         action_dim = 5 if self.config.yaw_control else 4
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(action_dim,), dtype=np.float32)
@@ -172,6 +203,9 @@ class ManipulationEnv(gym.Env):
     def _success(self) -> bool:
         raise NotImplementedError
 
+    def _after_step(self) -> None:
+        """Called after the physics of every step, before success is checked (task bookkeeping)."""
+
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -179,6 +213,9 @@ class ManipulationEnv(gym.Env):
         mujoco.mj_resetData(self.model, self.data)
         home = np.array([0.0, 0.0, 0.2, 0.0])
         home[:3] += rng.uniform([-0.03, -0.03, -0.02], [0.03, 0.03, 0.02])
+        if self.randomizer.apply(rng):  # masses changed: recompute the derived constants
+            mujoco.mj_setConst(self.model, self.data)
+            mujoco.mj_resetData(self.model, self.data)
         for i, name in enumerate(("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")):
             self.data.qpos[self._qadr[name]] = home[i]
         self.data.qpos[self._qadr["finger_left"]] = FINGER_OPEN
@@ -208,6 +245,7 @@ class ManipulationEnv(gym.Env):
         self._set_ctrl(gripper=action[-1])
         for _ in range(self.n_substeps):
             mujoco.mj_step(self.model, self.data)
+        self._after_step()
         success = self._success()
         info = self._info(success)
         terminated = bool(success and self.config.terminate_on_success)
@@ -238,8 +276,69 @@ class ManipulationEnv(gym.Env):
         right = self.data.qpos[self._qadr["finger_right"]]
         return float(left + right)
 
-    def fingers_touch(self, geom_id: int) -> bool:
-        """Whether both finger pads are in contact with geom ``geom_id``."""
+    def sim_state(self) -> np.ndarray:
+        """The full MuJoCo integration state (time, qpos, qvel, controls, mocap poses, ...) as a
+        flat ``float64`` vector: robomimic's ``states``; :meth:`set_sim_state` restores it."""
+        state = np.empty(mujoco.mj_stateSize(self.model, SIM_STATE))
+        mujoco.mj_getState(self.model, self.data, state, SIM_STATE)
+        return state
+
+    def set_sim_state(self, state: np.ndarray) -> None:
+        """Restore a :meth:`sim_state` (model parameters, such as randomized colors or sizes, are
+        not part of it: reset with the episode's seed first to get them back)."""
+        state = np.asarray(state, dtype=np.float64)
+        size = mujoco.mj_stateSize(self.model, SIM_STATE)
+        if state.shape != (size,):
+            raise ValueError(f"sim state must have shape ({size},), got {state.shape}")
+        mujoco.mj_setState(self.model, self.data, state, SIM_STATE)
+        mujoco.mj_forward(self.model, self.data)
+        for i, name in enumerate(("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")):
+            self._target[i] = self.data.ctrl[self._act[name]]
+
+    def half_size(self, name: str) -> np.ndarray:
+        """Half extents ``(3,)`` of object ``name`` this episode (randomization may scale them)."""
+        return self.model.geom_size[self._obj_geom[name]].copy()
+
+    def object_pose(self, name: str) -> tuple[np.ndarray, np.ndarray, float]:
+        """Position ``(3,)``, quaternion ``(4,)`` (w, x, y, z) and yaw of object ``name``."""
+        qpos = self.data.qpos[self._obj_qadr[name] : self._obj_qadr[name] + 7]
+        w, x, y, z = qpos[3:]
+        return (
+            qpos[:3].copy(),
+            qpos[3:].copy(),
+            float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))),
+        )
+
+    def object_info(self, name: str) -> dict[str, np.ndarray]:
+        """Privileged state of object ``name``: ``<name>_pos``, ``_quat``, ``_yaw``, ``_half``."""
+        pos, quat, yaw = self.object_pose(name)
+        return {
+            f"{name}_pos": pos.astype(np.float32),
+            f"{name}_quat": quat.astype(np.float32),
+            f"{name}_yaw": np.float32(yaw),
+            f"{name}_half": np.float32(self.half_size(name)[2]),
+        }
+
+    def place_object(self, name: str, xy: np.ndarray, yaw: float, z: float | None = None) -> None:
+        """Put object ``name`` at ``xy`` with ``yaw``; on the table unless ``z`` is given."""
+        qpos = self.data.qpos[self._obj_qadr[name] : self._obj_qadr[name] + 7]
+        qpos[:3] = [xy[0], xy[1], self.half_size(name)[2] if z is None else z]
+        qpos[3:] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+
+    def on_table(self, name: str, tol_m: float = 0.005) -> bool:
+        """Whether object ``name`` rests on the table (its centre within ``tol_m`` of its
+        half-height above the table)."""
+        return bool(abs(self.data.qpos[self._obj_qadr[name] + 2] - self.half_size(name)[2]) < tol_m)
+
+    def object_at(self, name: str, pos: np.ndarray, xy_tol_m: float, z_tol_m: float) -> bool:
+        """Whether the centre of object ``name`` lies within the tolerances of ``pos``."""
+        obj = self.object_pose(name)[0]
+        return bool(np.hypot(*(obj[:2] - pos[:2])) < xy_tol_m and abs(obj[2] - pos[2]) < z_tol_m)
+
+    def fingers_touch(self, geom_id: int | str) -> bool:
+        """Whether both finger pads are in contact with geom ``geom_id`` (an id or object name)."""
+        if isinstance(geom_id, str):
+            geom_id = self._obj_geom[geom_id]
         pairs = self.data.contact.geom[: self.data.ncon]
         touching = set()
         for g1, g2 in pairs:

@@ -36,6 +36,7 @@ def run_experiment(
         device=cfg.train.device,
         task=cfg.task.name,
         encoder=cfg.encoder,
+        randomization=cfg.eval.randomization,
     )
     results = evaluate(eval_cfg, on_episode)
     fingerprint = read_info(checkpoint)["cache_fingerprint"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from envs.randomization import Randomization
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.task import TaskConfig
 
@@ -41,8 +42,15 @@ class CollectConfig:
     overwrite: bool = False
     #: Give up after this many attempts in one run (0: ``2 * n_episodes + 10``).
     max_attempts: int = 0
+    #: Domain randomization of the collection (``randomization=train``); null: the task's own
+    #: ``env.randomization`` (off unless the task config sets it).
+    randomization: Randomization | None = None
 
     def __post_init__(self):
+        if isinstance(self.randomization, dict):
+            self.randomization = Randomization(**self.randomization)
+        if self.randomization is not None:
+            self.task.env.randomization = self.randomization
         if self.n_episodes < 1:
             raise ValueError(f"n_episodes must be >= 1, got {self.n_episodes}")
         if self.expert_noise < 0:
@@ -95,7 +103,7 @@ def open_for_collection(path: Path, attrs: dict[str, Any], overwrite: bool) -> R
 
 def run_episode(env, expert, seed: int) -> tuple[dict[str, np.ndarray], bool]:
     """One expert episode; returns per-step arrays (observation before each action, the action,
-    the privileged object state) and whether it succeeded."""
+    the privileged object state, the MuJoCo ``sim_state``) and whether it succeeded."""
     obs, info = env.reset(seed=seed)
     expert.reset(seed=seed)
     steps: list[dict[str, Any]] = []
@@ -103,7 +111,8 @@ def run_episode(env, expert, seed: int) -> tuple[dict[str, np.ndarray], bool]:
     while True:
         action = expert.act(obs, info)
         privileged = {k: v for k, v in info.items() if k != "success"}
-        steps.append({**obs, **privileged, "action": action})
+        sim_state = env.unwrapped.sim_state()
+        steps.append({**obs, **privileged, "sim_state": sim_state, "action": action})
         obs, _, terminated, truncated, info = env.step(action)
         success = success or bool(info["success"])
         if terminated or truncated:

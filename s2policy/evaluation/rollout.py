@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from envs.randomization import Randomization
 from s2policy.encoders.s2 import EncoderConfig
 from s2policy.evaluation.stats import success_rate
 from s2policy.evaluation.video import write_episode_video
@@ -63,8 +64,13 @@ class EvalConfig:
     encoder: EncoderConfig | None = None
     #: Where results.json and videos go; null: ``<run>/eval``.
     output_dir: str | None = None
+    #: Domain randomization of the evaluation (``randomization=heldout``); null: the one the
+    #: demonstrations were collected with. Results and reports carry its ``name``.
+    randomization: Randomization | None = None
 
     def __post_init__(self):
+        if isinstance(self.randomization, dict):
+            self.randomization = Randomization(**self.randomization)
         if self.n_episodes < 1 or self.n_envs < 1 or self.n_videos < 0:
             raise ValueError("n_episodes and n_envs must be >= 1, n_videos >= 0")
         if self.seeds is not None and not self.seeds:
@@ -123,6 +129,8 @@ def evaluate(
     info, policy = loaded.info, loaded.policy
     check_checkpoint(cfg, info)
     task = TaskConfig(**info["task"])
+    if cfg.randomization is not None:
+        task.env.randomization = cfg.randomization
     cameras = list(info["shape_meta"]["features"])
     live = LiveEncoder.from_checkpoint(info, device) if cameras else None
     seeds = cfg.seed_list()
@@ -215,7 +223,7 @@ def evaluate(
                 obs = start(finished)
     finally:
         venv.close()
-    return write_results(out, cfg, info, live, episodes, latency, loaded)
+    return write_results(out, cfg, task, info, live, episodes, latency, loaded)
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -230,11 +238,10 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def write_results(out, cfg, info, live, episodes, latency, loaded) -> dict[str, Any]:
+def write_results(out, cfg, task, info, live, episodes, latency, loaded) -> dict[str, Any]:
     wins = sum(e["success"] for e in episodes)
     rate = success_rate(wins, len(episodes))
     enc_cfg = (info["encoder"] or {}).get("config") or {"backbone": "none", "scales": []}
-    task_env = info["task"]["env"]
     encoder_summary = {
         "backbone": enc_cfg["backbone"],
         "scales": list(enc_cfg.get("scales", [])),
@@ -243,7 +250,7 @@ def write_results(out, cfg, info, live, episodes, latency, loaded) -> dict[str, 
         "gflops_per_image": 0.0,
     }
     if live is not None:
-        height, width = task_env["image_size"]
+        height, width = task.env.image_size
         encoder_summary.update(
             params=int(live.encoder.backbone_cfg["params"]),
             gflops_per_image=live.encoder.gflops_per_image(height, width),
@@ -260,7 +267,12 @@ def write_results(out, cfg, info, live, episodes, latency, loaded) -> dict[str, 
             "max_episode_steps": cfg.max_episode_steps or info["task"]["max_episode_steps"],
             "use_ema": cfg.use_ema,
             "num_inference_steps": cfg.num_inference_steps,
+            "randomization": task.env.randomization.to_dict(),
         },
+        # Label of the evaluation's domain randomization; `trained_randomization` is the one of
+        # the demonstrations (they differ when evaluating on held-out settings).
+        "randomization": task.env.randomization.name,
+        "trained_randomization": info["task"]["env"].get("randomization", {}).get("name", "off"),
         "episodes": episodes,
         "n_episodes": len(episodes),
         "successes": wins,

@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from envs.randomization import Randomization
 from s2policy.encoders.s2 import EncoderConfig
 from s2policy.task import TaskConfig
 
@@ -70,8 +71,13 @@ class EvalOptions:
     seed: int = 100_000
     n_envs: int = 4
     n_videos: int = 1
+    #: Domain randomization of the evaluation (``randomization@eval.randomization=heldout``);
+    #: null: the one the demonstrations were collected with.
+    randomization: Randomization | None = None
 
     def __post_init__(self):
+        if isinstance(self.randomization, dict):
+            self.randomization = Randomization(**self.randomization)
         if self.n_episodes < 1 or self.n_envs < 1 or self.n_videos < 0:
             raise ValueError("eval.n_episodes and eval.n_envs must be >= 1, eval.n_videos >= 0")
 

@@ -15,22 +15,41 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from torch.nn.parallel import DistributedDataParallel
 
+from envs import EnvConfig
 from s2policy.data.dataset import CachedFeatureData, WindowSpec
 from s2policy.data.normalizer import Normalizer
 from s2policy.encoders.s2 import build_encoder
 from s2policy.features.cache import DTYPES, build_cache, open_cache
 from s2policy.policies import make_policy
 from s2policy.runtime import init_distributed, resolve_device, resolve_dtype
+from s2policy.task import TaskConfig
 from s2policy.training.checkpoint import load_training_state, save_checkpoint
 from s2policy.training.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_cameras(cfg: RunConfig, store_cameras: list[str]) -> list[str]:
+def dataset_task(cfg: RunConfig, attrs: dict[str, Any]) -> TaskConfig:
+    """The task as the demonstrations were collected (image size, cameras, randomization, ...):
+    evaluation must see what the data shows, whatever ``task.env`` the run config says."""
+    name = attrs.get("task")
+    if name is None or "env" not in attrs:  # e.g. an imported store: trust the config
+        logger.warning(
+            "%s does not record its task settings; using task=%s", cfg.dataset, cfg.task.name
+        )
+        return cfg.task
+    if name != cfg.task.name:
+        raise ValueError(
+            f"{cfg.dataset} holds demonstrations of task {name!r}, but the run is for task "
+            f"{cfg.task.name!r}; pass task={name} or dataset=<a {cfg.task.name} store>"
+        )
+    return TaskConfig(name, EnvConfig(**attrs["env"]), cfg.task.max_episode_steps)
+
+
+def resolve_cameras(cfg: RunConfig, task: TaskConfig, store_cameras: list[str]) -> list[str]:
     if cfg.encoder.is_blind:
         return []
-    cameras = list(cfg.task.env.cameras) if cfg.policy.cameras is None else list(cfg.policy.cameras)
+    cameras = list(task.env.cameras) if cfg.policy.cameras is None else list(cfg.policy.cameras)
     missing = [c for c in cameras if c not in store_cameras]
     if missing:
         raise ValueError(
@@ -46,8 +65,9 @@ def prepare_data(
     """Build the feature cache when missing (through the cache module) and load the windows."""
     from s2policy.data.replay_buffer import ReplayBuffer
 
-    store_cameras = list(ReplayBuffer.open(cfg.dataset).attrs.get("cameras", []))
-    cameras = resolve_cameras(cfg, store_cameras)
+    attrs = ReplayBuffer.open(cfg.dataset).attrs
+    task = dataset_task(cfg, attrs)
+    cameras = resolve_cameras(cfg, task, list(attrs.get("cameras", [])))
     encoder_meta: dict[str, Any] = {"encoder": None, "cache_fingerprint": None}
     cache = None
     if cameras:
@@ -64,6 +84,7 @@ def prepare_data(
         else:
             cache = open_cache(cfg.dataset, encoder, cameras, cache_dtype)
         encoder_meta = {
+            **encoder_meta,
             "encoder": {
                 "config": cfg.encoder.to_dict(),
                 "spec": encoder.spec(),
@@ -76,7 +97,7 @@ def prepare_data(
     data = CachedFeatureData(
         cfg.dataset, cache, cameras, windows, cfg.train.val_ratio, cfg.train.seed, device
     )
-    return data, encoder_meta
+    return data, {"task": task.to_dict(), **encoder_meta}
 
 
 def fit_normalizer(data: CachedFeatureData, normalize_features: bool) -> Normalizer:
@@ -125,7 +146,6 @@ def train(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None
     model = DistributedDataParallel(policy) if world > 1 else policy
     meta = {
         "config": cfg.to_dict(),
-        "task": cfg.task.to_dict(),
         "dataset": str(cfg.dataset),
         **encoder_meta,
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from envs.randomization import Randomization
 from s2policy.data.collect import CollectConfig, collect_demos
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.task import TaskConfig
@@ -41,6 +42,8 @@ def test_collect_writes_a_replay_buffer(tmp_path):
         "cube_pos",
         "cube_quat",
         "cube_yaw",
+        "cube_half",
+        "sim_state",
     }
     assert buf["front"].shape[1:] == (24, 24, 3) and buf["action"].shape[1:] == (5,)
     np.testing.assert_array_equal(buf.get_meta("episode_seeds"), [5, 6, 7])
@@ -135,3 +138,41 @@ def test_config_typo_fails_at_start(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "imag_size" in proc.stderr and not (tmp_path / "x.zarr").exists()
+
+
+def test_collect_with_randomization_records_it_and_other_tasks_work(tmp_path):
+    heldout = {"name": "custom", "light_scale": (0.5, 0.6), "object_scale": (1.1, 1.15)}
+    cfg = CollectConfig(
+        task=TaskConfig("push", env={"image_size": (24, 24), "shadow_size": 0}),
+        n_episodes=2,
+        output=str(tmp_path / "push.zarr"),
+        randomization=heldout,
+    )
+    buf = collect_demos(cfg)
+    attrs = buf.attrs
+    assert attrs["task"] == "push" and attrs["env_id"] == "s2policy/Push-v0"
+    assert attrs["env"]["randomization"]["name"] == "custom"
+    assert attrs["env"]["randomization"]["light_scale"] == [0.5, 0.6]
+    assert {"goal_pos", "cube_pos", "cube_half"} <= set(buf.keys())
+    half = buf["cube_half"][:]
+    assert (half >= 0.02 * 1.1 - 1e-6).all() and (half <= 0.02 * 1.15 + 1e-6).all()
+    # Appending with other randomization settings is refused: the store would mix conditions.
+    cfg.randomization = Randomization(name="off")
+    cfg.task.env.randomization = cfg.randomization
+    cfg.n_episodes = 3
+    with pytest.raises(ValueError, match="collected with other settings"):
+        collect_demos(cfg)
+
+
+def test_stored_sim_states_replay_the_recorded_frames(tmp_path):
+    buf = collect_demos(small_cfg(tmp_path, n_episodes=1))
+    env = TaskConfig(env=SMALL_ENV).make_env()
+    env.reset(seed=int(buf.get_meta("episode_seeds")[0]))
+    raw = env.unwrapped
+    for t in (0, len(buf["action"]) // 2, len(buf["action"]) - 1):
+        raw.set_sim_state(buf["sim_state"][t])
+        obs = raw._observation()
+        np.testing.assert_array_equal(obs["front"], buf["front"][t])
+        np.testing.assert_array_equal(obs["state"], buf["state"][t])
+    with pytest.raises(ValueError, match="sim state must have shape"):
+        raw.set_sim_state(np.zeros(3))

@@ -5,8 +5,10 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from envs.cube_pick import CUBE_HALF, CubePickEnv
+from envs.cube_pick import CubePickEnv
 from envs.expert import wrap_grasp_yaw
+
+CUBE_HALF = 0.02
 
 
 def make(**kw):
@@ -94,7 +96,7 @@ def test_success_requires_lift_and_grasp():
     raw: CubePickEnv = env.unwrapped
     env.reset(seed=0)
     # Cube carried 6 cm up with nobody holding it: not a success (it is falling, not held).
-    raw.data.qpos[raw._cube_qadr + 2] = CUBE_HALF + 0.06
+    raw.place_object("cube", raw.object_pose("cube")[0][:2], 0.0, z=CUBE_HALF + 0.06)
     mujoco.mj_forward(raw.model, raw.data)
     assert not raw._success()
     # A real grasp and lift: success, and the cube is still held after more lifting steps.
@@ -102,7 +104,7 @@ def test_success_requires_lift_and_grasp():
     obs, reward, info = trace[-1]
     assert info["success"] and reward == 1.0
     assert info["cube_pos"][2] > CUBE_HALF + 0.1
-    assert raw.fingers_touch(raw._cube_geom)
+    assert raw.fingers_touch("cube")
     # Let go: the cube falls and success ends.
     for _ in range(10):
         obs, reward, *_, info = env.step(np.array([0, 0, 0, 0, -1.0]))

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from s2policy.features.cache import CacheError, list_caches
 from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicyConfig
+from s2policy.task import TaskConfig
 from s2policy.training.checkpoint import load_policy, read_info
 from s2policy.training.loop import train
 
@@ -163,6 +164,17 @@ def test_nan_actions_in_a_store_are_refused(demo_store, tmp_path, run_config):
     arr[:] = np.nan_to_num(arr[:])
     with pytest.raises(ValueError, match="'state' contains NaN or inf"):
         train(run_config(bad, tmp_path / "run", small_mlp(cameras=[])))
+
+
+def test_the_run_takes_the_task_settings_of_its_dataset(demo_store, tmp_path, run_config):
+    cfg = run_config(demo_store, tmp_path / "run", small_mlp(cameras=[]), steps=2)
+    cfg.task = TaskConfig(env={"image_size": (64, 64), "shadow_size": 512})  # not the data's
+    info = read_info(train(cfg))
+    assert info["task"]["env"]["image_size"] == [32, 32]  # what evaluation must render
+    assert info["task"]["env"]["shadow_size"] == 0
+    cfg.task = TaskConfig(name="push")
+    with pytest.raises(ValueError, match="holds demonstrations of task 'cube_pick'.*'push'"):
+        train(cfg)
 
 
 def test_missing_camera_is_a_clear_error(demo_store, tmp_path, run_config):
