@@ -1,0 +1,316 @@
+"""robomimic hdf5 <-> ReplayBuffer (zarr): import robomimic datasets, export our stores.
+
+robomimic's layout (https://robomimic.github.io/docs/datasets/overview.html)::
+
+    data/                      attrs: total (steps), env_args (JSON: env_name, type, env_kwargs)
+      demo_<i>/                attrs: num_samples
+        actions   (N, A)       rewards (N,)   dones (N,)   states (N, S)  (simulator states)
+        obs/<key> (N, ...)     next_obs/<key> (N, ...)  (images: uint8 (N, H, W, 3), "<cam>_image")
+    mask/<filter>              demo names (bytes) of a subset, e.g. "train", "valid"
+
+Mapping: ``obs/<cam>_image`` <-> camera ``data/<cam>``, other ``obs/<key>`` <-> ``data/<key>``
+(``state`` stays ``state``; a foreign file's proprioception can be concatenated into ``state``
+with ``state_keys``), ``actions`` <-> ``action``, ``states`` <-> ``sim_state``, ``rewards`` and
+``dones`` <-> ``reward`` and ``done``. An export synthesizes sparse ``rewards``/``dones`` (1 at the
+last step of a successful episode) when the store has none, and records the store's keys,
+attributes and per-episode ``meta`` in ``data.attrs["s2policy"]`` so that importing it again gives
+back the identical store.
+
+Imports append one demo at a time to the ReplayBuffer (crash-safe) and resume an interrupted import
+of the same file; exports are written to ``<out>.partial`` and renamed when complete.
+
+    python -m s2policy.data.robomimic_io import robomimic/lift/ph/image.hdf5 datasets/lift.zarr \\
+        --filter train --state-keys robot0_eef_pos robot0_eef_quat robot0_gripper_qpos
+    python -m s2policy.data.robomimic_io export datasets/cube_pick.zarr exports/cube_pick.hdf5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from s2policy.data.replay_buffer import ReplayBuffer
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIX = "_image"
+GYM_ENV_TYPE = 2  # robomimic.envs.env_base.EnvType.GYM_TYPE
+#: robomimic dataset key -> our data key (and back).
+DATASET_KEYS = {"actions": "action", "states": "sim_state", "rewards": "reward", "dones": "done"}
+_OURS = {v: k for k, v in DATASET_KEYS.items()}
+
+
+class RobomimicFormatError(ValueError):
+    """The hdf5 file does not follow robomimic's layout, or asks for what it does not hold."""
+
+
+def _is_image(array: Any) -> bool:
+    return array.dtype == np.uint8 and array.ndim == 4 and array.shape[-1] == 3
+
+
+def _demo_names(data: h5py.Group, path: Path) -> list[str]:
+    names = [n for n in data if isinstance(data[n], h5py.Group)]
+    bad = [n for n in names if not re.fullmatch(r"demo_\d+", n)]
+    if bad:
+        raise RobomimicFormatError(f"{path}: data/ holds groups not named demo_<i>: {bad[:5]}")
+    if not names:
+        raise RobomimicFormatError(f"{path}: data/ holds no demo_<i> groups")
+    return sorted(names, key=lambda n: int(n.split("_")[1]))
+
+
+def _decode(names: np.ndarray) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def read_demo(
+    demo: h5py.Group,
+    name: str,
+    obs_keys: Sequence[str] | None,
+    state_keys: Sequence[str] | None,
+    keep: Sequence[str] | None,
+) -> dict[str, np.ndarray]:
+    """One demo as our per-step arrays, after checking that every array has the same length."""
+    if "actions" not in demo or "obs" not in demo:
+        raise RobomimicFormatError(f"{name} has no actions or no obs/ group")
+    n = demo["actions"].shape[0]
+    declared = demo.attrs.get("num_samples")
+    if declared is not None and int(declared) != n:
+        raise RobomimicFormatError(
+            f"{name}: attrs num_samples={int(declared)} but actions has {n} steps"
+        )
+    obs = demo["obs"]
+    available = sorted(obs)
+    wanted = available if obs_keys is None else list(obs_keys)
+    unknown = [k for k in [*wanted, *(state_keys or [])] if k not in obs]
+    if unknown:
+        raise RobomimicFormatError(
+            f"{name}: unknown obs key(s) {unknown}; this file has {available}"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for key in wanted:
+        value = obs[key][()]
+        ours = key[: -len(IMAGE_SUFFIX)] if key.endswith(IMAGE_SUFFIX) and _is_image(value) else key
+        arrays[ours] = value
+    if state_keys:
+        parts = [np.asarray(obs[k][()], np.float32).reshape(n, -1) for k in state_keys]
+        arrays["state"] = np.concatenate(parts, axis=1)
+    for theirs, ours in DATASET_KEYS.items():
+        if theirs in demo and (keep is None or ours in keep):
+            arrays[ours] = demo[theirs][()]
+    for key, value in arrays.items():
+        if len(value) != n:
+            raise RobomimicFormatError(
+                f"{name}: inconsistent demo lengths: {key!r} has {len(value)} steps but actions "
+                f"has {n}"
+            )
+    if keep is not None:
+        arrays = {k: v for k, v in arrays.items() if k in keep}
+    return arrays
+
+
+def import_robomimic(
+    src: str | Path,
+    out: str | Path,
+    obs_keys: Sequence[str] | None = None,
+    state_keys: Sequence[str] | None = None,
+    filter_key: str | None = None,
+    overwrite: bool = False,
+) -> ReplayBuffer:
+    """Import robomimic file ``src`` into a new ReplayBuffer at ``out`` (or resume an interrupted
+    import of the same file).
+
+    Args:
+        obs_keys: obs keys to import (all by default); unknown keys are an error.
+        state_keys: low-dim obs keys concatenated (in this order) into our ``state``.
+        filter_key: import only the demos listed in ``mask/<filter_key>``.
+        overwrite: replace an existing ``out`` instead of resuming it.
+    """
+    src, out = Path(src), Path(out)
+    if not src.is_file():
+        raise FileNotFoundError(f"no robomimic file at {src}")
+    with h5py.File(src, "r") as f:
+        if "data" not in f or not isinstance(f["data"], h5py.Group):
+            raise RobomimicFormatError(
+                f"{src} is not a robomimic dataset: it has no data/ group (top level: {list(f)})"
+            )
+        data = f["data"]
+        names = _demo_names(data, src)
+        if filter_key is not None:
+            masks = sorted(f["mask"]) if "mask" in f else []
+            if filter_key not in masks:
+                raise RobomimicFormatError(
+                    f"{src} has no filter key mask/{filter_key}; filter keys: {masks or 'none'}"
+                )
+            listed = set(_decode(f["mask"][filter_key][()]))
+            names = [n for n in names if n in listed]
+        ours = json.loads(data.attrs.get("s2policy", "null") or "null")
+        env_args = data.attrs.get("env_args")
+        attrs = dict(ours["attrs"]) if ours else {}
+        attrs["robomimic_source"] = {
+            "path": str(src.resolve()),
+            "size": src.stat().st_size,
+            "filter": filter_key,
+            "env_args": json.loads(env_args) if env_args else None,
+        }
+        keep = ours["keys"] if ours and obs_keys is None and state_keys is None else None
+        if not ours:  # what training reads from a store's attributes
+            first = read_demo(data[names[0]], f"{src}:data/{names[0]}", obs_keys, state_keys, None)
+            attrs["cameras"] = [k for k, v in first.items() if _is_image(v)]
+            attrs["action_dim"] = int(np.prod(first["action"].shape[1:]))
+            if "state" not in first:
+                logger.warning(
+                    "%s has no obs/state: policies need one; pass state_keys (--state-keys) "
+                    "naming the low-dim obs to concatenate into it",
+                    src,
+                )
+        buffer = _open_output(out, attrs, overwrite)
+        for name in names[buffer.n_episodes :]:
+            demo = data[name]
+            arrays = read_demo(demo, f"{src}:data/{name}", obs_keys, state_keys, keep)
+            meta = {k[5:]: demo.attrs[k] for k in demo.attrs if k.startswith("meta_")}
+            buffer.add_episode(arrays, meta=meta)
+    logger.info("imported %d demos of %s into %s", buffer.n_episodes, src, out)
+    return buffer
+
+
+def _open_output(out: Path, attrs: dict[str, Any], overwrite: bool) -> ReplayBuffer:
+    if out.exists() and not overwrite:
+        buffer = ReplayBuffer.open(out, "a")
+        if buffer.attrs.get("robomimic_source") != attrs["robomimic_source"]:
+            raise FileExistsError(
+                f"{out} exists and is not an interrupted import of the same file; pass "
+                "overwrite=True (--overwrite) to replace it"
+            )
+        logger.info("resuming the import into %s after %d demos", out, buffer.n_episodes)
+        return buffer
+    return ReplayBuffer.create(out, attrs, overwrite=overwrite)
+
+
+def export_robomimic(
+    store: str | Path,
+    out: str | Path,
+    next_obs: bool = True,
+    valid_ratio: float = 0.1,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write ReplayBuffer ``store`` as robomimic file ``out``.
+
+    Args:
+        next_obs: also write ``next_obs/`` (robomimic's training loads it by default).
+        valid_ratio: fraction of demos listed in ``mask/valid`` (the rest in ``mask/train``).
+        seed: seed of that split.
+        overwrite: replace an existing ``out``.
+    """
+    buffer, out = ReplayBuffer.open(store), Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
+    if not 0.0 <= valid_ratio < 1.0:
+        raise ValueError(f"valid_ratio must be in [0, 1), got {valid_ratio}")
+    if buffer.n_episodes == 0:
+        raise ValueError(f"{store} holds no episodes")
+    if "action" not in buffer:
+        raise ValueError(f"{store} has no 'action' array; keys: {buffer.keys()}")
+    attrs = buffer.attrs
+    success = (
+        buffer.get_meta("episode_success")
+        if "episode_success" in buffer.meta_keys()
+        else np.ones(buffer.n_episodes, bool)
+    )
+    partial = out.with_name(out.name + ".partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(partial, "w") as f:
+        data = f.create_group("data")
+        for i in range(buffer.n_episodes):
+            _write_demo(data.create_group(f"demo_{i}"), buffer, i, bool(success[i]), next_obs)
+        data.attrs["total"] = buffer.n_steps
+        data.attrs["env_args"] = json.dumps(
+            {
+                "env_name": attrs.get("env_id", attrs.get("task", "unknown")),
+                "type": GYM_ENV_TYPE,
+                "env_kwargs": attrs.get("env", {}),
+            }
+        )
+        data.attrs["s2policy"] = json.dumps({"attrs": attrs, "keys": buffer.keys()})
+        names = np.array([f"demo_{i}" for i in range(buffer.n_episodes)])
+        order = np.random.default_rng(seed).permutation(len(names))
+        n_valid = int(round(valid_ratio * len(names)))
+        mask = f.create_group("mask")
+        for key, picked in (("train", order[n_valid:]), ("valid", order[:n_valid])):
+            mask.create_dataset(key, data=np.array(sorted(names[picked]), dtype="S"))
+    os.replace(partial, out)
+    logger.info("exported %d demos of %s to %s", buffer.n_episodes, store, out)
+    return out
+
+
+def _write_demo(
+    group: h5py.Group, buffer: ReplayBuffer, i: int, success: bool, next_obs: bool
+) -> None:
+    episode = buffer.get_episode(i)
+    n = len(episode["action"])
+    group.attrs["num_samples"] = n
+    for key in buffer.meta_keys():
+        if key != "episode_ends":
+            group.attrs[f"meta_{key}"] = buffer.get_meta(key)[i]
+    obs, nxt = group.create_group("obs"), group.create_group("next_obs") if next_obs else None
+    for key, value in episode.items():
+        if key in _OURS:
+            group.create_dataset(_OURS[key], data=value)
+            continue
+        name = f"{key}{IMAGE_SUFFIX}" if _is_image(value) else key
+        compression = {"compression": "gzip", "compression_opts": 4} if _is_image(value) else {}
+        obs.create_dataset(name, data=value, **compression)
+        if nxt is not None:
+            nxt.create_dataset(name, data=np.concatenate([value[1:], value[-1:]]), **compression)
+    done = np.zeros(n, np.int64)
+    done[-1] = 1
+    if "reward" not in episode:
+        group.create_dataset("rewards", data=done * float(success))
+    if "done" not in episode:
+        group.create_dataset("dones", data=done)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="robomimic hdf5 -> ReplayBuffer zarr store")
+    imp.add_argument("src", help="robomimic .hdf5 file")
+    imp.add_argument("out", help="zarr store to create (datasets/<name>.zarr)")
+    imp.add_argument("--obs-keys", nargs="+", help="obs keys to import (default: all)")
+    imp.add_argument("--state-keys", nargs="+", help="low-dim obs keys concatenated into state")
+    imp.add_argument("--filter", help="import only the demos of mask/<filter> (e.g. train)")
+    imp.add_argument("--overwrite", action="store_true")
+    exp = sub.add_parser("export", help="ReplayBuffer zarr store -> robomimic hdf5")
+    exp.add_argument("store")
+    exp.add_argument("out")
+    exp.add_argument("--no-next-obs", action="store_true", help="skip next_obs/ (half the size)")
+    exp.add_argument("--valid-ratio", type=float, default=0.1)
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "import":
+        buffer = import_robomimic(
+            args.src, args.out, args.obs_keys, args.state_keys, args.filter, args.overwrite
+        )
+        print(
+            f"{buffer.path}: {buffer.n_episodes} episodes, {buffer.n_steps} steps, {buffer.keys()}"
+        )
+    else:
+        out = export_robomimic(
+            args.store, args.out, not args.no_next_obs, args.valid_ratio, args.seed, args.overwrite
+        )
+        print(f"{out}: {os.path.getsize(out) / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
