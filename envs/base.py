@@ -1,12 +1,13 @@
 """The base of every s2policy task: scene, gripper control, cameras, rendering, gymnasium API.
 
 A task subclasses :class:`ManipulationEnv`, names its MJCF file (which includes
-``assets/scene.xml``) and its objects (free bodies whose body, joint and geom share one name),
-and implements three small methods: where its objects start
-(:meth:`ManipulationEnv._reset_task`), their privileged state for experts
-(:meth:`ManipulationEnv._privileged`), and when it has succeeded (:meth:`ManipulationEnv._success`).
-Goal markers are mocap bodies (``data.mocap_pos``), drawn but never touched. Domain
-randomization (``EnvConfig.randomization``, :mod:`envs.randomization`) is applied at each reset.
+``assets/scene.xml``), its objects (free bodies whose body, joint and geom share one name) and
+optionally a goal marker (a mocap body, drawn but never touched), and implements two small
+methods: where its objects start (:meth:`ManipulationEnv._reset_task`) and when it has succeeded
+(:meth:`ManipulationEnv._success`). The privileged state for experts and probes
+(:meth:`ManipulationEnv._privileged`: every object's pose and size, and ``goal_pos``) comes from
+the base. Domain randomization (``EnvConfig.randomization``, :mod:`envs.randomization`) is
+applied at each reset.
 
 Action ``(A,)`` in ``[-1, 1]``: end-effector delta position ``(dx, dy, dz)`` scaled by
 ``max_step_m``, a yaw delta scaled by ``max_yaw_step_rad`` (when ``yaw_control``), and a gripper
@@ -131,6 +132,8 @@ class ManipulationEnv(gym.Env):
     expert: ClassVar[type]
     #: The task's objects: names of free bodies, each with a joint and one geom of that name.
     objects: ClassVar[tuple[str, ...]]
+    #: Mocap body marking where the first object's centre belongs (place, push), if any.
+    goal_marker: ClassVar[str | None] = None
 
     def __init__(self, render_mode: str | None = None, **config: Any):
         self.config = EnvConfig(**config)
@@ -175,6 +178,7 @@ class ManipulationEnv(gym.Env):
         self._target = np.zeros(4)  # x, y, z, yaw of the tracked end-effector target
         self._obj_qadr = {n: self.model.joint(n).qposadr[0] for n in self.objects}
         self._obj_geom = {n: self.model.geom(n).id for n in self.objects}
+        self._marker = self.model.body(self.goal_marker).mocapid[0] if self.goal_marker else None
         self.randomizer = Randomizer(self.model, self.objects, self.config.randomization)
 
         action_dim = 5 if self.config.yaw_control else 4
@@ -197,8 +201,26 @@ class ManipulationEnv(gym.Env):
         raise NotImplementedError
 
     def _privileged(self) -> dict[str, np.ndarray]:
-        """Object state for scripted experts and probes (returned in ``info``, never observed)."""
-        raise NotImplementedError
+        """Object state for scripted experts and probes (returned in ``info``, never observed):
+        :meth:`object_info` of every object and ``goal_pos`` when the task has a goal."""
+        info: dict[str, np.ndarray] = {}
+        for name in self.objects:
+            info.update(self.object_info(name))
+        goal = self.goal_pos()
+        if goal is not None:
+            info["goal_pos"] = goal.astype(np.float32)
+        return info
+
+    def goal_pos(self) -> np.ndarray | None:
+        """Where the first object's centre belongs: the goal marker's position at that object's
+        resting height (``None`` without a goal); tasks with another goal override this."""
+        if self._marker is None:
+            return None
+        return self.data.mocap_pos[self._marker] + [0.0, 0.0, self.half_size(self.objects[0])[2]]
+
+    def set_goal_marker(self, xy: np.ndarray) -> None:
+        """Move the goal marker to ``xy`` on the table."""
+        self.data.mocap_pos[self._marker] = [xy[0], xy[1], 0.0]
 
     def _success(self) -> bool:
         raise NotImplementedError

@@ -22,9 +22,6 @@ class CubePickEnv(ManipulationEnv):
     def _reset_task(self, rng: np.random.Generator) -> None:
         self.place_object("cube", rng.uniform(SPAWN_LOW, SPAWN_HIGH), rng.uniform(-np.pi, np.pi))
 
-    def _privileged(self) -> dict[str, np.ndarray]:
-        return self.object_info("cube")
-
     def _success(self) -> bool:
         lifted = self.object_pose("cube")[0][2] - self.half_size("cube")[2] >= LIFT_HEIGHT
         return bool(lifted and self.fingers_touch("cube"))

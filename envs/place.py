@@ -18,22 +18,13 @@ class PlaceEnv(ManipulationEnv):
 
     xml = "place.xml"
     objects = ("cube",)
+    goal_marker = "target"
     expert = PlaceExpert
-
-    def __init__(self, render_mode=None, **config):
-        super().__init__(render_mode=render_mode, **config)
-        self._marker = self.model.body("target").mocapid[0]
 
     def _reset_task(self, rng: np.random.Generator) -> None:
         cube, target = sample_apart(rng, 2, SPAWN_LOW, SPAWN_HIGH, MIN_DISTANCE_M)
         self.place_object("cube", cube, rng.uniform(-np.pi, np.pi))
-        self.data.mocap_pos[self._marker] = [target[0], target[1], 0.0]
-
-    def goal_pos(self) -> np.ndarray:
-        return self.data.mocap_pos[self._marker] + [0.0, 0.0, self.half_size("cube")[2]]
-
-    def _privileged(self) -> dict[str, np.ndarray]:
-        return {**self.object_info("cube"), "goal_pos": self.goal_pos().astype(np.float32)}
+        self.set_goal_marker(target)
 
     def _success(self) -> bool:
         placed = self.object_at("cube", self.goal_pos(), TOLERANCE_M, 0.005)

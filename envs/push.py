@@ -19,12 +19,9 @@ class PushEnv(ManipulationEnv):
 
     xml = "push.xml"
     objects = ("cube",)
+    goal_marker = "goal"
     expert = PushExpert
-
-    def __init__(self, render_mode=None, **config):
-        super().__init__(render_mode=render_mode, **config)
-        self._marker = self.model.body("goal").mocapid[0]
-        self.max_lift = 0.0
+    max_lift = 0.0  # highest lift of the cube (m) in this episode
 
     def _reset_task(self, rng: np.random.Generator) -> None:
         cube = rng.uniform(SPAWN_LOW, SPAWN_HIGH)
@@ -34,18 +31,12 @@ class PushEnv(ManipulationEnv):
             if (SPAWN_LOW <= goal).all() and (goal <= SPAWN_HIGH).all():
                 break
         self.place_object("cube", cube, rng.uniform(-np.pi, np.pi))
-        self.data.mocap_pos[self._marker] = [goal[0], goal[1], 0.0]
+        self.set_goal_marker(goal)
         self.max_lift = 0.0
 
     def _after_step(self) -> None:
         lift = self.object_pose("cube")[0][2] - self.half_size("cube")[2]
         self.max_lift = max(self.max_lift, float(lift))
-
-    def goal_pos(self) -> np.ndarray:
-        return self.data.mocap_pos[self._marker] + [0.0, 0.0, self.half_size("cube")[2]]
-
-    def _privileged(self) -> dict[str, np.ndarray]:
-        return {**self.object_info("cube"), "goal_pos": self.goal_pos().astype(np.float32)}
 
     def _success(self) -> bool:
         inside = self.object_at("cube", self.goal_pos(), TOLERANCE_M, 0.005)

@@ -26,15 +26,9 @@ class StackEnv(ManipulationEnv):
         self.place_object("base", base, rng.uniform(-np.pi, np.pi))
 
     def goal_pos(self) -> np.ndarray:
+        """The cube's centre when it sits on the base."""
         on_top = self.half_size("base")[2] + self.half_size("cube")[2]
         return self.object_pose("base")[0] + [0.0, 0.0, on_top]
-
-    def _privileged(self) -> dict[str, np.ndarray]:
-        return {
-            **self.object_info("cube"),
-            **self.object_info("base"),
-            "goal_pos": self.goal_pos().astype(np.float32),
-        }
 
     def _success(self) -> bool:
         stacked = self.object_at("cube", self.goal_pos(), TOLERANCE_M, 0.008)
