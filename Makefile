@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 GL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri
 DEMO_EPISODES ?= 50
 
-.PHONY: setup sysdeps demo test test-fast lint format bench clean
+TASKS := cube_pick place stack push
+
+.PHONY: setup sysdeps demo demo-tasks test test-fast lint format bench clean
 
 setup: sysdeps $(STAMP)
 
@@ -41,6 +43,13 @@ demo: setup
 	$(PY) train_policy.py -m experiment=demo encoder=blind,micro,micro_s2
 	$(PY) -m s2policy.evaluation.report multirun/cube_pick --out multirun/cube_pick/report
 	@echo "videos: multirun/cube_pick/*/eval/*.mp4"
+
+# The same comparison on every task (configs/experiment/multitask.yaml): one table per task and
+# a summary across tasks in multirun/report.
+demo-tasks: setup
+	for task in $(TASKS); do $(PY) collect_demos.py task=$$task n_episodes=$(DEMO_EPISODES) || exit 1; done
+	$(PY) train_policy.py -m experiment=multitask
+	$(PY) -m s2policy.evaluation.report $(addprefix multirun/,$(TASKS)) --tasks $(TASKS) --out multirun/report
 
 test: setup
 	$(PY) -m pytest

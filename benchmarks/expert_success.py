@@ -1,12 +1,16 @@
 """Scripted-expert success rate over consecutive seeds, with a Wilson 95 % interval.
 
 python benchmarks/expert_success.py --task cube_pick --seeds 100 --noise 0 0.1 0.3
+python benchmarks/expert_success.py --task stack --randomization heldout
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+
+import yaml
 
 import envs
 from s2policy.data.collect import run_episode
@@ -18,9 +22,15 @@ def main() -> None:
     parser.add_argument("--task", default="cube_pick", choices=sorted(envs.TASKS))
     parser.add_argument("--seeds", type=int, default=100, help="seeds 0 .. N-1")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.3])
+    parser.add_argument("--randomization", default="off", help="configs/randomization/<name>")
     args = parser.parse_args()
-    env = envs.make(args.task, cameras=())
-    print(f"task {args.task}, seeds 0..{args.seeds - 1}, state-only rollouts")
+    presets = Path(__file__).resolve().parents[1] / "configs" / "randomization"
+    settings = yaml.safe_load((presets / f"{args.randomization}.yaml").read_text())
+    env = envs.make(args.task, cameras=(), randomization=settings)
+    print(
+        f"task {args.task}, seeds 0..{args.seeds - 1}, state-only rollouts, "
+        f"randomization {args.randomization}"
+    )
     print(f"{'expert noise':>12s}  {'success [95% CI] (n)':32s} {'mean steps':>10s} {'s':>6s}")
     for noise in args.noise:
         expert = env.unwrapped.expert(env, noise=noise)

@@ -69,3 +69,64 @@ def test_collect_cache_train_eval_report(tmp_path):
     out = run("-m", "s2policy.evaluation.report", sweep, "--out", tmp_path / "report")
     assert "blind (state only)" in out and "vit_nano | (32, 64)" in out
     assert (tmp_path / "report" / "success_vs_gflops.png").is_file()
+
+
+@pytest.mark.slow
+def test_multi_task_sweep_heldout_eval_and_report(tmp_path):
+    env = ["task.env.image_size=[32,32]", "task.env.shadow_size=0"]
+    stores = tmp_path / "data"
+    run(
+        "collect_demos.py",
+        "-m",
+        "task=place,push",
+        "n_episodes=3",
+        *env,
+        f"output={stores}/${{task.name}}.zarr",
+        f"hydra.sweep.dir={tmp_path}/c",
+    )
+    assert sorted(p.name for p in stores.iterdir()) == ["place.zarr", "push.zarr"]
+    multirun = tmp_path / "multirun"
+    out = run(
+        "train_policy.py",
+        "-m",
+        "task=place,push",
+        "encoder=blind,nano_s2",
+        f"dataset={stores}/${{task.name}}.zarr",
+        *env,
+        "train.steps=20",
+        "train.device=cpu",
+        "policy.hidden_dims=[32]",
+        "policy.horizon=8",
+        "policy.n_action_steps=4",
+        "eval.enabled=true",
+        "eval.n_episodes=2",
+        "eval.n_envs=2",
+        "eval.n_videos=0",
+        "task.max_episode_steps=8",
+        f"hydra.sweep.dir={multirun}/${{task.name}}",
+    )
+    assert sum(line.startswith("success ") for line in out.splitlines()) == 4
+    for task in ("place", "push"):
+        results = sorted((multirun / task).glob("*/eval/results.json"))
+        assert [json.loads(p.read_text())["task"] for p in results] == [task, task]
+    out = run(
+        "eval_rollouts.py",
+        f"checkpoint={multirun}/push/nano_s2_mlp_seed0",
+        "randomization=heldout",
+        "n_episodes=2",
+        "n_videos=0",
+        "device=cpu",
+        "max_episode_steps=8",
+        f"output_dir={multirun}/push/nano_s2_mlp_seed0/eval_heldout",
+    )
+    heldout = json.loads(
+        (multirun / "push/nano_s2_mlp_seed0/eval_heldout/results.json").read_text()
+    )
+    assert heldout["randomization"] == "heldout" and heldout["trained_randomization"] == "off"
+    report = tmp_path / "report"
+    out = run(
+        "-m", "s2policy.evaluation.report", multirun, "--tasks", "place", "push", "--out", report
+    )
+    assert "### Summary across tasks" in out and "### place" in out and "### push" in out
+    assert "heldout (demos: off)" in out
+    assert (report / "summary.csv").is_file()

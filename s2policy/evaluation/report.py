@@ -1,10 +1,17 @@
-"""Success table per task x backbone x scales x policy, and a success-vs-GFLOPs plot.
+"""Success tables per task x backbone x scales x policy x randomization, a summary across
+tasks, and a success-vs-GFLOPs plot.
 
     python -m s2policy.evaluation.report multirun/cube_pick outputs/cube_pick --out reports/cube
+    python -m s2policy.evaluation.report multirun --tasks cube_pick place stack push
 
-Each argument is a ``results.json`` or a folder searched for ``**/eval/results.json``. Episodes
-are pooled over training seeds (Wilson 95 % interval on the pooled count); the seeds' own rates
-are listed to show their spread.
+Each argument is a ``results.json`` or a folder searched for ``**/eval*/results.json`` (a run's
+``eval/`` and, say, ``eval_heldout/``). Episodes are pooled over the training seeds of one
+configuration on one dataset (Wilson 95 % interval on the pooled count); the seeds' own rates
+are listed to show their spread, and runs on other datasets stay in rows of their own.
+Evaluations under domain randomization are labelled with its name (and the demonstrations' own
+when they differ: ``heldout (demos: train)``). With several tasks, the summary gives each
+configuration's rate per task (for one number of demonstrations) and their unweighted mean,
+whose 95 % interval is the normal approximation of a mean of independent binomial rates.
 """
 
 from __future__ import annotations
@@ -14,15 +21,19 @@ import csv
 import json
 from collections import defaultdict
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from s2policy.evaluation.stats import success_rate
 
-COLUMNS = ["task", "backbone", "scales", "weights", "params_M", "gflops_per_img", "encoder_ms",
-           "probe_object_r2", "probe_gripper_r2", "policy", "success", "ci95_low", "ci95_high",
-           "episodes", "seeds", "seed_rates"]  # fmt: skip
+COLUMNS = ["task", "demos", "dataset", "backbone", "scales", "weights", "params_M",
+           "gflops_per_img", "encoder_ms", "probe_object_r2", "probe_gripper_r2", "policy",
+           "randomization", "success", "ci95_low", "ci95_high", "episodes", "seeds",
+           "seed_rates"]  # fmt: skip
+#: What identifies a configuration across tasks (the summary's rows).
+CONFIG_KEYS = ("demos", "backbone", "scales", "weights", "policy", "randomization")
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:
@@ -31,7 +42,8 @@ def find_results(paths: list[str | Path]) -> list[Path]:
         if p.is_file():
             found.append(p)
         elif p.is_dir():
-            found += sorted(p.rglob("eval/results.json")) or sorted(p.rglob("results.json"))
+            every = sorted(p.rglob("results.json"))
+            found += [f for f in every if f.parent.name.startswith("eval")] or every
         else:
             raise FileNotFoundError(f"{p} is neither a results.json nor a folder")
     if not found:
@@ -39,15 +51,32 @@ def find_results(paths: list[str | Path]) -> list[Path]:
     return found
 
 
+def randomization_label(result: dict[str, Any]) -> str:
+    evaluated = result.get("randomization", "off")
+    trained = result.get("trained_randomization", "off")
+    return evaluated if evaluated == trained else f"{evaluated} (demos: {trained})"
+
+
 def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (task, backbone, scales, policy); episodes pooled over training seeds."""
+    """One row per (task, dataset, backbone, scales, weights, policy, randomization); episodes
+    pooled over training seeds (never over datasets: runs on other demonstrations stay apart)."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         enc = r["encoder"]
-        key = (r["task"], enc["backbone"], tuple(enc["scales"]), enc.get("weights"), r["policy"])
+        key = (
+            r["task"],
+            r.get("dataset") or "-",
+            r.get("demos") or "-",
+            enc["backbone"],
+            tuple(enc["scales"]),
+            enc.get("weights"),
+            r["policy"],
+            randomization_label(r),
+        )
         groups[key].append(r)
     rows = []
-    for (task, backbone, scales, weights, policy), runs in sorted(groups.items(), key=str):
+    for key, runs in sorted(groups.items(), key=str):
+        task, dataset, demos, backbone, scales, weights, policy, rand = key
         wins = sum(r["successes"] for r in runs)
         n = sum(r["n_episodes"] for r in runs)
         rate = success_rate(wins, n)
@@ -63,6 +92,8 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "task": task,
+                "demos": demos,
+                "dataset": dataset,
                 "backbone": "blind (state only)" if backbone == "none" else backbone,
                 "scales": "-" if backbone == "none" else "(" + ", ".join(map(str, scales)) + ")",
                 "weights": "-" if backbone == "none" else (weights or "random"),
@@ -72,6 +103,7 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "probe_object_r2": probe_mean("object_pos"),
                 "probe_gripper_r2": probe_mean("gripper"),
                 "policy": policy,
+                "randomization": rand,
                 "success": rate.rate,
                 "ci95_low": rate.low,
                 "ci95_high": rate.high,
@@ -83,12 +115,64 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def summary_rows(rows: list[dict[str, Any]], tasks: list[str]) -> list[dict[str, Any]]:
+    """One row per configuration: its rate on each task and the unweighted mean over the tasks
+    it was evaluated on (95 % normal-approximation interval of a mean of independent rates)."""
+    z = NormalDist().inv_cdf(0.975)
+    configs: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        configs[tuple(r[k] for k in CONFIG_KEYS)][r["task"]] = r
+    out = []
+    for key, per_task in sorted(configs.items(), key=str):
+        rates = np.array([per_task[t]["success"] for t in tasks if t in per_task])
+        counts = np.array([per_task[t]["episodes"] for t in tasks if t in per_task])
+        mean = float(rates.mean())
+        half = z * float(np.sqrt((rates * (1 - rates) / counts).sum())) / len(rates)
+        out.append(
+            {
+                **dict(zip(CONFIG_KEYS, key, strict=True)),
+                "per_task": {t: per_task.get(t) for t in tasks},
+                "mean_success": mean,
+                "ci95_low": max(0.0, mean - half),
+                "ci95_high": min(1.0, mean + half),
+                "tasks": len(rates),
+                "episodes": int(counts.sum()),
+            }
+        )
+    return out
+
+
+def summary_markdown(summary: list[dict[str, Any]], tasks: list[str]) -> str:
+    lines = [
+        "| demos | backbone | scales | weights | policy | randomization | "
+        + " | ".join(f"{t} success (episodes)" for t in tasks)
+        + " | mean over tasks [95% CI] | tasks |",
+        "| ---: | --- | --- | --- | --- | --- | "
+        + " | ".join("---:" for _ in tasks)
+        + " | --- | ---: |",
+    ]
+    for s in summary:
+        cells = [
+            "-" if s["per_task"][t] is None else
+            f"{100 * s['per_task'][t]['success']:.1f}% ({s['per_task'][t]['episodes']})"
+            for t in tasks
+        ]  # fmt: skip
+        lines.append(
+            f"| {s['demos']} | {s['backbone']} | {s['scales']} | {s['weights']} | {s['policy']} | "
+            f"{s['randomization']} | " + " | ".join(cells) + " | "
+            f"{100 * s['mean_success']:.1f}% [{100 * s['ci95_low']:.1f}, "
+            f"{100 * s['ci95_high']:.1f}] | {s['tasks']}/{len(tasks)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| task | backbone | scales | weights | params (M) | GFLOPs/img | encoder ms/call | "
-        "probe R² object | probe R² gripper | policy | success [95% CI] | episodes | "
-        "seeds (per-seed success) |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | --- |",
+        "| task | demos | backbone | scales | weights | params (M) | GFLOPs/img | "
+        "encoder ms/call | probe R² object | probe R² gripper | policy | randomization | "
+        "success [95% CI] | episodes | seeds (per-seed success) |",
+        "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- "
+        "| ---: | --- |",
     ]
 
     def r2(v):
@@ -96,9 +180,10 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
     for r in rows:
         lines.append(
-            f"| {r['task']} | {r['backbone']} | {r['scales']} | {r['weights']} | "
+            f"| {r['task']} | {r['demos']} | {r['backbone']} | {r['scales']} | {r['weights']} | "
             f"{r['params_M']:.2f} | {r['gflops_per_img']:.3f} | {r['encoder_ms']:.1f} | "
             f"{r2(r['probe_object_r2'])} | {r2(r['probe_gripper_r2'])} | {r['policy']} | "
+            f"{r['randomization']} | "
             f"{100 * r['success']:.1f}% [{100 * r['ci95_low']:.1f}, {100 * r['ci95_high']:.1f}] | "
             f"{r['episodes']} | {r['seeds']} ({r['seed_rates']}) |"
         )
@@ -106,60 +191,102 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """One panel per task: success (95 % interval) against encoder GFLOPs per image."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    for r in rows:
-        y = 100 * r["success"]
-        err = [[max(0.0, y - 100 * r["ci95_low"])], [max(0.0, 100 * r["ci95_high"] - y)]]
-        weights = "" if r["weights"] in ("-", "random") else f" {r['weights']}"
-        label = f"{r['backbone']} {r['scales']}{weights} {r['policy']}".replace(" -", "")
-        ax.errorbar(r["gflops_per_img"], y, yerr=err, fmt="o", capsize=4, label=label)
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("encoder GFLOPs per image (symlog; blind = 0)")
-    ax.set_ylabel("success rate (%) with 95% interval")
-    ax.set_ylim(-3, 103)
     tasks = sorted({r["task"] for r in rows})
-    ax.set_title(f"success vs encoder cost: {', '.join(tasks)}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    fig, axes = plt.subplots(
+        1, len(tasks), figsize=(5.2 * len(tasks) + 1.3, 4.2), dpi=120, sharey=True, squeeze=False
+    )
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for r in (r for r in rows if r["task"] == task):
+            y = 100 * r["success"]
+            err = [[max(0.0, y - 100 * r["ci95_low"])], [max(0.0, 100 * r["ci95_high"] - y)]]
+            weights = "" if r["weights"] in ("-", "random") else f" {r['weights']}"
+            rand = "" if r["randomization"] == "off" else f" [{r['randomization']}]"
+            demos = "" if r["demos"] == "-" else f" {r['demos']} demos"
+            label = f"{r['backbone']} {r['scales']}{weights} {r['policy']}{rand}{demos}"
+            ax.errorbar(
+                r["gflops_per_img"], y, yerr=err, fmt="o", capsize=4, label=label.replace(" -", "")
+            )
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlabel("encoder GFLOPs per image (symlog; blind = 0)")
+        ax.set_ylim(-3, 103)
+        ax.set_title(f"{task}: success vs encoder cost")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel("success rate (%) with 95% interval")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def write_report(paths: list[str | Path], out: str | Path) -> tuple[str, list[Path]]:
+def write_report(
+    paths: list[str | Path], out: str | Path, tasks: list[str] | None = None
+) -> tuple[str, list[Path]]:
     """Read results, write ``report.md``, ``report.csv`` and ``success_vs_gflops.png`` to ``out``
-    (one table per task); returns the markdown and the written files."""
+    (one table per task, plus a summary across tasks when there are several); returns the
+    markdown and the written files. ``tasks`` keeps only those tasks, in that order."""
     files = find_results(paths)
     results = [json.loads(f.read_text()) for f in files]
+    found = sorted({r["task"] for r in results})
+    if tasks:
+        missing = [t for t in tasks if t not in found]
+        if missing:
+            raise FileNotFoundError(
+                f"no results of task(s) {missing} under {', '.join(map(str, paths))}; "
+                f"tasks found: {found}"
+            )
+        results = [r for r in results if r["task"] in tasks]
+    tasks = list(tasks or found)
     rows = build_rows(results)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = ""
-    for task in sorted({r["task"] for r in rows}):
+    written = [out / "report.md", out / "report.csv"]
+    if len(tasks) > 1:
+        summary = summary_rows(rows, tasks)
+        md += "### Summary across tasks\n\n" + summary_markdown(summary, tasks) + "\n"
+        with (out / "summary.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([*CONFIG_KEYS, *tasks, "mean_success", "ci95_low", "ci95_high"])
+            for s in summary:
+                per = [
+                    None if s["per_task"][t] is None else s["per_task"][t]["success"] for t in tasks
+                ]
+                writer.writerow(
+                    [
+                        *(s[k] for k in CONFIG_KEYS),
+                        *per,
+                        s["mean_success"],
+                        s["ci95_low"],
+                        s["ci95_high"],
+                    ]
+                )
+        written.append(out / "summary.csv")
+    for task in tasks:
         md += f"### {task}\n\n" + to_markdown([r for r in rows if r["task"] == task]) + "\n"
     (out / "report.md").write_text(md)
     with (out / "report.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    png = plot(rows, out / "success_vs_gflops.png")
-    return md, [out / "report.md", out / "report.csv", png]
+    return md, [*written, plot(rows, out / "success_vs_gflops.png")]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="success table and plot from evaluation results")
     parser.add_argument("runs", nargs="+", help="results.json files or folders to search")
     parser.add_argument("--out", default=None, help="output folder (default: <first run>/report)")
+    parser.add_argument("--tasks", nargs="+", help="only these tasks, in this order")
     args = parser.parse_args(argv)
     first = Path(args.runs[0])
     out = args.out or (first.parent if first.is_file() else first) / "report"
-    md, written = write_report(args.runs, out)
+    md, written = write_report(args.runs, out, args.tasks)
     print(md)
     for path in written:
         print(f"wrote {path}")

@@ -260,6 +260,8 @@ def write_results(out, cfg, task, info, live, episodes, latency, loaded) -> dict
         "task": info["task"]["name"],
         "policy": info["policy"]["name"],
         "train_seed": info["config"]["train"]["seed"],
+        "dataset": info.get("dataset"),
+        "demos": info.get("dataset_episodes"),
         "encoder": encoder_summary,
         "eval": {
             "seeds": [e["seed"] for e in episodes],

@@ -65,7 +65,8 @@ def prepare_data(
     """Build the feature cache when missing (through the cache module) and load the windows."""
     from s2policy.data.replay_buffer import ReplayBuffer
 
-    attrs = ReplayBuffer.open(cfg.dataset).attrs
+    store = ReplayBuffer.open(cfg.dataset)
+    attrs = store.attrs
     task = dataset_task(cfg, attrs)
     cameras = resolve_cameras(cfg, task, list(attrs.get("cameras", [])))
     encoder_meta: dict[str, Any] = {"encoder": None, "cache_fingerprint": None}
@@ -97,7 +98,7 @@ def prepare_data(
     data = CachedFeatureData(
         cfg.dataset, cache, cameras, windows, cfg.train.val_ratio, cfg.train.seed, device
     )
-    return data, {"task": task.to_dict(), **encoder_meta}
+    return data, {"task": task.to_dict(), "dataset_episodes": store.n_episodes, **encoder_meta}
 
 
 def fit_normalizer(data: CachedFeatureData, normalize_features: bool) -> Normalizer:

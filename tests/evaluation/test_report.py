@@ -1,13 +1,15 @@
 import csv
+import json
+import math
 
 import pytest
 
 from s2policy.evaluation.report import build_rows, main, write_report
 
 
-def result(backbone, scales, seed, successes, n=10, gflops=1.0, policy="mlp"):
+def result(backbone, scales, seed, successes, n=10, gflops=1.0, policy="mlp", task="cube_pick"):
     return {
-        "task": "cube_pick",
+        "task": task,
         "policy": policy,
         "train_seed": seed,
         "encoder": {
@@ -34,6 +36,14 @@ SYNTHETIC = [
 ]
 
 
+def write_runs(root, results):
+    for i, r in enumerate(results):
+        d = root / r["task"] / f"job{i}" / "eval"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(r))
+    return root
+
+
 def test_rows_pool_episodes_over_seeds():
     rows = {(r["backbone"], r["scales"]): r for r in build_rows(SYNTHETIC)}
     single, s2 = rows[("vit_t", "(224)")], rows[("vit_t", "(224, 448)")]
@@ -46,19 +56,13 @@ def test_rows_pool_episodes_over_seeds():
 
 
 def test_report_files(tmp_path):
-    runs = tmp_path / "runs"
-    import json
-
-    for i, r in enumerate(SYNTHETIC):
-        d = runs / f"job{i}" / "eval"
-        d.mkdir(parents=True)
-        (d / "results.json").write_text(json.dumps(r))
+    runs = write_runs(tmp_path / "runs", SYNTHETIC)
     md, files = write_report([runs], tmp_path / "report")
     assert (
-        "| cube_pick | vit_t | (224, 448) | random | 5.70 | 5.000 | 4.0 | 0.900 | - | mlp | "
-        "80.0% [58.4, 91.9] | 20 |" in md
+        "| cube_pick | - | vit_t | (224, 448) | random | 5.70 | 5.000 | 4.0 | 0.900 | - | mlp | "
+        "off | 80.0% [58.4, 91.9] | 20 |" in md
     )
-    assert "blind (state only)" in md
+    assert "blind (state only)" in md and "Summary across tasks" not in md
     rows = list(csv.DictReader((tmp_path / "report" / "report.csv").open()))
     assert len(rows) == 3
     png = tmp_path / "report" / "success_vs_gflops.png"
@@ -72,3 +76,55 @@ def test_no_results_is_a_clear_error(tmp_path):
         write_report([tmp_path], tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="neither"):
         write_report([tmp_path / "missing"], tmp_path / "out")
+
+
+MULTI = [
+    *SYNTHETIC,
+    result("vit_t", [224], 0, 2, task="stack"),
+    result("vit_t", [224, 448], 0, 6, task="stack"),
+    result("vit_t", [224, 448], 0, 3, task="stack")
+    | {"randomization": "heldout", "trained_randomization": "off"},
+    result("vit_t", [224], 0, 10, task="push"),
+]
+
+
+def test_multi_task_report_has_one_table_per_task_and_a_summary(tmp_path):
+    runs = write_runs(tmp_path / "multirun", MULTI)
+    md, files = write_report([runs], tmp_path / "report", tasks=["cube_pick", "stack"])
+    assert md.index("### Summary across tasks") < md.index("### cube_pick") < md.index("### stack")
+    assert "### push" not in md
+    # S² vit_t: 16/20 on cube pick, 6/10 on stack -> mean 70 %, interval of a mean of two rates.
+    half = 1.959964 * math.sqrt(0.8 * 0.2 / 20 + 0.6 * 0.4 / 10) / 2
+    row = (
+        f"| - | vit_t | (224, 448) | random | mlp | off | 80.0% (20) | 60.0% (10) | 70.0% "
+        f"[{100 * (0.7 - half):.1f}, {100 * (0.7 + half):.1f}] | 2/2 |"
+    )
+    assert row in md
+    assert "| - | blind (state only) | - | - | mlp | off | 10.0% (10) | - | 10.0%" in md
+    # Held-out evaluations are their own rows, labelled with both settings.
+    assert "| - | vit_t | (224, 448) | random | mlp | heldout (demos: off) | - | 30.0% (10) |" in md
+    assert (
+        "| stack | - | vit_t | (224, 448) | random | 5.70 | 1.000 | 4.0 | - | - | mlp | heldout"
+        in md
+    )
+    summary = list(csv.DictReader((tmp_path / "report" / "summary.csv").open()))
+    assert tmp_path / "report" / "summary.csv" in files and len(summary) == 4
+    assert {r["randomization"] for r in summary} == {"off", "heldout (demos: off)"}
+    main([str(runs), "--out", str(tmp_path / "all")])
+    assert "### push" in (tmp_path / "all" / "report.md").read_text()
+
+
+def test_missing_task_is_a_clear_error(tmp_path):
+    runs = write_runs(tmp_path / "multirun", SYNTHETIC)
+    with pytest.raises(FileNotFoundError, match=r"no results of task\(s\) \['place'\].*cube_pick"):
+        write_report([runs], tmp_path / "out", tasks=["cube_pick", "place"])
+
+
+def test_runs_on_other_datasets_are_not_pooled():
+    small = result("vit_t", [224], 0, 2) | {"dataset": "datasets/cube_pick.zarr", "demos": 50}
+    large = result("vit_t", [224], 0, 8) | {"dataset": "datasets/cube_pick_200.zarr", "demos": 200}
+    rows = build_rows([small, large])
+    assert sorted((r["demos"], r["success"], r["episodes"]) for r in rows) == [
+        (50, 0.2, 10),
+        (200, 0.8, 10),
+    ]

@@ -56,6 +56,7 @@ def test_results_json_carries_counts_interval_latency_and_videos(mlp_ckpt, tmp_p
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == results
     assert results["n_episodes"] == 4 and len(seen) == 4
+    assert results["demos"] == 6 and results["dataset"].endswith("cube_pick.zarr")
     assert [e["seed"] for e in results["episodes"]] == [500, 501, 502, 503]
     assert all(1 <= e["steps"] <= 12 and e["wall_s"] > 0 for e in results["episodes"])
     lo, hi = results["ci95"]
