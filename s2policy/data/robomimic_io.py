@@ -150,8 +150,13 @@ def import_robomimic(
                 raise RobomimicFormatError(
                     f"{src} has no filter key mask/{filter_key}; filter keys: {masks or 'none'}"
                 )
-            listed = set(_decode(f["mask"][filter_key][()]))
-            names = [n for n in names if n in listed]
+            listed = _decode(f["mask"][filter_key][()])
+            absent = sorted(set(listed) - set(names))
+            if absent:
+                raise RobomimicFormatError(
+                    f"{src}: mask/{filter_key} lists demos that data/ lacks: {absent[:5]}"
+                )
+            names = [n for n in names if n in set(listed)]
         ours = json.loads(data.attrs.get("s2policy", "null") or "null")
         env_args = data.attrs.get("env_args")
         attrs = dict(ours["attrs"]) if ours else {}

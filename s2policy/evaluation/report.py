@@ -11,7 +11,8 @@ are listed to show their spread, and runs on other datasets stay in rows of thei
 Evaluations under domain randomization are labelled with its name (and the demonstrations' own
 when they differ: ``heldout (demos: train)``). With several tasks, the summary gives each
 configuration's rate per task (for one number of demonstrations) and their unweighted mean,
-whose 95 % interval is the normal approximation of a mean of independent binomial rates.
+whose 95 % interval is the normal approximation of a mean of independent binomial rates (each
+task's variance Agresti-Coull-adjusted: (k + 2) / (n + 4), so 0 % tasks still count).
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def summary_rows(rows: list[dict[str, Any]], tasks: list[str]) -> list[dict[str, Any]]:
     """One row per configuration: its rate on each task and the unweighted mean over the tasks
-    it was evaluated on (95 % normal-approximation interval of a mean of independent rates)."""
+    it was evaluated on (95 % normal-approximation interval of a mean of independent rates, with
+    Agresti-Coull-adjusted per-task variances)."""
     z = NormalDist().inv_cdf(0.975)
     configs: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in rows:
@@ -127,7 +129,10 @@ def summary_rows(rows: list[dict[str, Any]], tasks: list[str]) -> list[dict[str,
         rates = np.array([per_task[t]["success"] for t in tasks if t in per_task])
         counts = np.array([per_task[t]["episodes"] for t in tasks if t in per_task])
         mean = float(rates.mean())
-        half = z * float(np.sqrt((rates * (1 - rates) / counts).sum())) / len(rates)
+        # Agresti-Coull-adjusted variances, so that 0 % and 100 % tasks still carry uncertainty.
+        adjusted = (rates * counts + 2) / (counts + 4)
+        variance = (adjusted * (1 - adjusted) / (counts + 4)).sum()
+        half = z * float(np.sqrt(variance)) / len(rates)
         out.append(
             {
                 **dict(zip(CONFIG_KEYS, key, strict=True)),

@@ -217,6 +217,11 @@ def _foreign_group(f):
     f["data"].create_group("episode_a")
 
 
+def _stale_mask(f):
+    del f["mask/train"]
+    f["mask"].create_dataset("train", data=np.array([b"demo_0", b"demo_7"]))
+
+
 @pytest.mark.parametrize(
     "mutate, kwargs, match",
     [
@@ -224,6 +229,11 @@ def _foreign_group(f):
         (_short_obs, {}, "inconsistent demo lengths: 'object' has 3 steps but actions has 5"),
         (_wrong_num_samples, {}, "num_samples=4 but actions has 9 steps"),
         (_foreign_group, {}, "not named demo_<i>"),
+        (
+            _stale_mask,
+            {"filter_key": "train"},
+            r"mask/train lists demos that data/ lacks: \['demo_7'\]",
+        ),
         (
             None,
             {"obs_keys": ["eye_in_hand_image"]},

@@ -94,7 +94,8 @@ def test_multi_task_report_has_one_table_per_task_and_a_summary(tmp_path):
     assert md.index("### Summary across tasks") < md.index("### cube_pick") < md.index("### stack")
     assert "### push" not in md
     # S² vit_t: 16/20 on cube pick, 6/10 on stack -> mean 70 %, interval of a mean of two rates.
-    half = 1.959964 * math.sqrt(0.8 * 0.2 / 20 + 0.6 * 0.4 / 10) / 2
+    pa, pb = (16 + 2) / 24, (6 + 2) / 14  # Agresti-Coull-adjusted rates
+    half = 1.959964 * math.sqrt(pa * (1 - pa) / 24 + pb * (1 - pb) / 14) / 2
     row = (
         f"| - | vit_t | (224, 448) | random | mlp | off | 80.0% (20) | 60.0% (10) | 70.0% "
         f"[{100 * (0.7 - half):.1f}, {100 * (0.7 + half):.1f}] | 2/2 |"
