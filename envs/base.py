@@ -235,7 +235,7 @@ class ManipulationEnv(gym.Env):
         mujoco.mj_resetData(self.model, self.data)
         home = np.array([0.0, 0.0, 0.2, 0.0])
         home[:3] += rng.uniform([-0.03, -0.03, -0.02], [0.03, 0.03, 0.02])
-        if self.randomizer.apply(rng):  # masses changed: recompute the derived constants
+        if self.randomizer.apply(rng):  # masses may have changed: recompute derived constants
             mujoco.mj_setConst(self.model, self.data)
             mujoco.mj_resetData(self.model, self.data)
         for i, name in enumerate(("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")):

@@ -134,16 +134,17 @@ class Randomizer:
         #: Values drawn at the last :meth:`apply` (for logs and tests).
         self.sample: dict[str, np.ndarray] = {}
 
-    def apply(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def apply(self, rng: np.random.Generator) -> bool:
         """Restore the nominal model, then draw and apply this episode's values (nothing is drawn
-        from ``rng`` when randomization is off)."""
+        from ``rng`` when randomization is off). Returns whether masses or sizes may differ from
+        the last episode's, i.e. whether the model's derived constants need ``mj_setConst``."""
         m, s, nom = self.model, self.settings, self.nominal
         for name, value in nom.items():
             getattr(m, name)[:] = value
         m.vis.headlight.diffuse[:] = self.nominal_headlight
-        self.sample = {}
+        was_randomized, self.sample = bool(self.sample), {}
         if not s.enabled:
-            return self.sample
+            return was_randomized
         n_obj, n_cam = len(self.geoms), m.ncam
         draw = self.sample
         draw["light_scale"] = rng.uniform(*s.light_scale)
@@ -180,4 +181,4 @@ class Randomizer:
         mass = draw["mass_scale"][:, None]
         m.body_mass[self.bodies] = nom["body_mass"][self.bodies] * mass[:, 0]
         m.body_inertia[self.bodies] = nom["body_inertia"][self.bodies] * mass * scale**2
-        return self.sample
+        return True

@@ -163,4 +163,7 @@ def test_mass_change_reaches_the_solver():
     body = raw.model.body("cube").id
     assert raw.model.body_mass[body] == pytest.approx(0.2)
     assert raw.model.body_subtreemass[body] == pytest.approx(0.2)  # mj_setConst ran
+    raw.randomizer.settings = Randomization()  # back to nominal: the constants follow
+    env.reset(seed=0)
+    assert raw.model.body_subtreemass[body] == pytest.approx(0.05)
     mujoco.mj_forward(raw.model, raw.data)
