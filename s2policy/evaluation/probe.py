@@ -59,11 +59,18 @@ def ridge_r2(x_train, y_train, x_test, y_test, alphas=ALPHAS) -> tuple[float, fl
 
 
 def probe_targets(buffer: ReplayBuffer) -> dict[str, np.ndarray]:
-    """``object_pos``: every privileged ``*_pos`` array side by side; ``gripper``: the gap."""
+    """``object_pos``: every privileged ``*_pos`` array side by side, without the dimensions that
+    never change (a goal marker's height, say: a constant would score R² 1 and inflate the mean);
+    ``gripper``: the finger gap."""
     targets = {"gripper": np.asarray(buffer["state"][:, 4], np.float64)}
     pos = [k for k in buffer.keys() if k.endswith("_pos")]
     if pos:
-        targets["object_pos"] = np.hstack([np.asarray(buffer[k][:], np.float64) for k in pos])
+        y = np.hstack(
+            [np.asarray(buffer[k][:], np.float64).reshape(buffer.n_steps, -1) for k in pos]
+        )
+        varying = y.std(0) > 1e-6
+        if varying.any():
+            targets["object_pos"] = y[:, varying]
     return targets
 
 

@@ -36,3 +36,19 @@ def test_probe_on_a_cache(demo_store, capsys):
     )
     main(["--dataset", str(demo_store), "--encoders", "nano"])
     assert "| nano | random |" in capsys.readouterr().out
+
+
+def test_constant_target_dimensions_are_left_out(tmp_path):
+    from s2policy.data.replay_buffer import ReplayBuffer
+    from s2policy.evaluation.probe import probe_targets
+
+    buf = ReplayBuffer.create(tmp_path / "s.zarr")
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        cube = rng.normal(size=(5, 3)).astype(np.float32)
+        goal = np.tile(np.float32([0.1, -0.05, 0.02]), (5, 1))
+        goal[:, 0] += rng.normal() * 0.01  # the goal moves between episodes in x only
+        state = rng.normal(size=(5, 5)).astype(np.float32)
+        buf.add_episode({"cube_pos": cube, "goal_pos": goal, "state": state})
+    targets = probe_targets(buf)
+    assert targets["object_pos"].shape == (10, 4)  # cube x, y, z and goal x
