@@ -195,14 +195,15 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """One panel per task: success (95 % interval) against encoder GFLOPs per image."""
+def plot(rows: list[dict[str, Any]], path: Path, tasks: list[str] | None = None) -> Path:
+    """One panel per task (in ``tasks`` order): success (95 % interval) against encoder GFLOPs
+    per image."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({r["task"] for r in rows})
+    tasks = tasks or sorted({r["task"] for r in rows})
     fig, axes = plt.subplots(
         1, len(tasks), figsize=(5.2 * len(tasks) + 1.3, 4.2), dpi=120, sharey=True, squeeze=False
     )
@@ -280,7 +281,7 @@ def write_report(
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    return md, [*written, plot(rows, out / "success_vs_gflops.png")]
+    return md, [*written, plot(rows, out / "success_vs_gflops.png", tasks)]
 
 
 def main(argv: list[str] | None = None) -> None:
