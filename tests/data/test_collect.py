@@ -169,10 +169,15 @@ def test_stored_sim_states_replay_the_recorded_frames(tmp_path):
     env = TaskConfig(env=SMALL_ENV).make_env()
     env.reset(seed=int(buf.get_meta("episode_seeds")[0]))
     raw = env.unwrapped
-    for t in (0, len(buf["action"]) // 2, len(buf["action"]) - 1):
+    for t in range(len(buf["action"])):
         raw.set_sim_state(buf["sim_state"][t])
         obs = raw._observation()
-        np.testing.assert_array_equal(obs["front"], buf["front"][t])
         np.testing.assert_array_equal(obs["state"], buf["state"][t])
+        np.testing.assert_array_equal(raw.sim_state(), buf["sim_state"][t])
+        # A recorded frame shows the bodies as of the last physics substep's start (mj_step
+        # renders kinematics before integrating); the restored one is 2 ms later: a few pixels
+        # of a moving object may differ.
+        differ = (obs["front"] != buf["front"][t]).any(-1).mean()
+        assert differ < 0.02, (t, differ)
     with pytest.raises(ValueError, match="sim state must have shape"):
         raw.set_sim_state(np.zeros(3))
