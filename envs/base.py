@@ -29,12 +29,15 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.randomization import Randomization, Randomizer
+from envs.randomization import Randomization, Randomizer, as_randomization
 from envs.rendering import require_rendering
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 CAMERAS = ("front", "wrist")
 STATE_KEYS = ("ee_x", "ee_y", "ee_z", "ee_yaw", "gripper_gap")
+#: The gantry's joints (and position actuators), in the order of the end-effector pose x, y, z, yaw.
+POSE_JOINTS = ("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")
+JOINTS = (*POSE_JOINTS, "finger_left", "finger_right")
 FINGER_OPEN = 0.045  # finger joint travel (m); the gap between the pads is twice the joint value
 #: What :meth:`ManipulationEnv.sim_state` holds: everything the integrator needs to continue.
 SIM_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
@@ -70,8 +73,7 @@ class EnvConfig:
     randomization: Randomization = dataclasses.field(default_factory=Randomization)
 
     def __post_init__(self):
-        if not isinstance(self.randomization, Randomization):
-            self.randomization = Randomization(**self.randomization)
+        self.randomization = as_randomization(self.randomization)
         self.image_size = tuple(int(v) for v in self.image_size)
         self.cameras = tuple(self.cameras)
         self.workspace_low = tuple(float(v) for v in self.workspace_low)
@@ -151,28 +153,8 @@ class ManipulationEnv(gym.Env):
         self.n_substeps = round(1.0 / (self.config.control_hz * self.model.opt.timestep))
         self.metadata = {**self.metadata, "render_fps": self.config.control_hz}
 
-        self._qadr = {
-            n: self.model.joint(n).qposadr[0]
-            for n in (
-                "gripper_x",
-                "gripper_y",
-                "gripper_z",
-                "gripper_yaw",
-                "finger_left",
-                "finger_right",
-            )
-        }
-        self._act = {
-            n: self.model.actuator(n).id
-            for n in (
-                "gripper_x",
-                "gripper_y",
-                "gripper_z",
-                "gripper_yaw",
-                "finger_left",
-                "finger_right",
-            )
-        }
+        self._qadr = {n: self.model.joint(n).qposadr[0] for n in JOINTS}
+        self._act = {n: self.model.actuator(n).id for n in JOINTS}
         self._ee_site = self.model.site("ee").id
         self._finger_geoms = (self.model.geom("finger_left").id, self.model.geom("finger_right").id)
         self._target = np.zeros(4)  # x, y, z, yaw of the tracked end-effector target
@@ -238,7 +220,7 @@ class ManipulationEnv(gym.Env):
         if self.randomizer.apply(rng):  # masses may have changed: recompute derived constants
             mujoco.mj_setConst(self.model, self.data)
             mujoco.mj_resetData(self.model, self.data)
-        for i, name in enumerate(("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")):
+        for i, name in enumerate(POSE_JOINTS):
             self.data.qpos[self._qadr[name]] = home[i]
         self.data.qpos[self._qadr["finger_left"]] = FINGER_OPEN
         self.data.qpos[self._qadr["finger_right"]] = FINGER_OPEN
@@ -288,9 +270,7 @@ class ManipulationEnv(gym.Env):
     def ee_pose(self) -> np.ndarray:
         """End-effector ``(x, y, z, yaw)`` as measured (not the commanded target)."""
         q = self.data.qpos
-        return np.array(
-            [q[self._qadr[n]] for n in ("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")]
-        )
+        return np.array([q[self._qadr[n]] for n in POSE_JOINTS])
 
     @property
     def gripper_gap(self) -> float:
@@ -314,7 +294,7 @@ class ManipulationEnv(gym.Env):
             raise ValueError(f"sim state must have shape ({size},), got {state.shape}")
         mujoco.mj_setState(self.model, self.data, state, SIM_STATE)
         mujoco.mj_forward(self.model, self.data)
-        for i, name in enumerate(("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")):
+        for i, name in enumerate(POSE_JOINTS):
             self._target[i] = self.data.ctrl[self._act[name]]
 
     def half_size(self, name: str) -> np.ndarray:
@@ -371,7 +351,7 @@ class ManipulationEnv(gym.Env):
 
     def _set_ctrl(self, gripper: float) -> None:
         ctrl = self.data.ctrl
-        for i, name in enumerate(("gripper_x", "gripper_y", "gripper_z", "gripper_yaw")):
+        for i, name in enumerate(POSE_JOINTS):
             ctrl[self._act[name]] = self._target[i]
         finger = FINGER_OPEN * (1.0 - float(np.clip(gripper, -1.0, 1.0))) / 2.0
         ctrl[self._act["finger_left"]] = finger

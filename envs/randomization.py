@@ -86,6 +86,12 @@ class Randomization:
         }
 
 
+def as_randomization(value: Randomization | dict[str, Any] | None) -> Randomization | None:
+    """``value`` as :class:`Randomization` (a dict, as hydra and stored attributes give it, is
+    validated on the way); ``None`` stays ``None``."""
+    return Randomization(**value) if isinstance(value, dict) else value
+
+
 def _rotation(rng: np.random.Generator, degrees: tuple[float, float]) -> np.ndarray:
     """Quaternion of a rotation by an angle in ``degrees`` about a uniformly random axis."""
     axis = rng.normal(size=3)
@@ -139,6 +145,8 @@ class Randomizer:
         from ``rng`` when randomization is off). Returns whether masses or sizes may differ from
         the last episode's, i.e. whether the model's derived constants need ``mj_setConst``."""
         m, s, nom = self.model, self.settings, self.nominal
+        if not s.enabled and not self.sample:  # never randomized: the model is nominal
+            return False
         for name, value in nom.items():
             getattr(m, name)[:] = value
         m.vis.headlight.diffuse[:] = self.nominal_headlight

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.randomization import Randomization
+from envs.randomization import Randomization, as_randomization
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.task import TaskConfig
 
@@ -47,8 +47,7 @@ class CollectConfig:
     randomization: Randomization | None = None
 
     def __post_init__(self):
-        if isinstance(self.randomization, dict):
-            self.randomization = Randomization(**self.randomization)
+        self.randomization = as_randomization(self.randomization)
         if self.randomization is not None:
             self.task.env.randomization = self.randomization
         if self.n_episodes < 1:

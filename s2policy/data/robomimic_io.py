@@ -167,6 +167,7 @@ def import_robomimic(
             "env_args": json.loads(env_args) if env_args else None,
         }
         keep = ours["keys"] if ours and obs_keys is None and state_keys is None else None
+        first = None  # a foreign file's first demo, read once: for the attributes and the store
         if not ours:  # what training reads from a store's attributes
             first = read_demo(data[names[0]], f"{src}:data/{names[0]}", obs_keys, state_keys, None)
             attrs["cameras"] = [k for k, v in first.items() if _is_image(v)]
@@ -180,7 +181,10 @@ def import_robomimic(
         buffer = _open_output(out, attrs, overwrite)
         for name in names[buffer.n_episodes :]:
             demo = data[name]
-            arrays = read_demo(demo, f"{src}:data/{name}", obs_keys, state_keys, keep)
+            if first is not None and name == names[0]:
+                arrays = first
+            else:
+                arrays = read_demo(demo, f"{src}:data/{name}", obs_keys, state_keys, keep)
             meta = {k[5:]: demo.attrs[k] for k in demo.attrs if k.startswith("meta_")}
             buffer.add_episode(arrays, meta=meta)
     logger.info("imported %d demos of %s into %s", buffer.n_episodes, src, out)

@@ -25,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.randomization import Randomization
+from envs.randomization import Randomization, as_randomization
 from s2policy.encoders.s2 import EncoderConfig
 from s2policy.evaluation.stats import success_rate
 from s2policy.evaluation.video import write_episode_video
@@ -69,8 +69,7 @@ class EvalConfig:
     randomization: Randomization | None = None
 
     def __post_init__(self):
-        if isinstance(self.randomization, dict):
-            self.randomization = Randomization(**self.randomization)
+        self.randomization = as_randomization(self.randomization)
         if self.n_episodes < 1 or self.n_envs < 1 or self.n_videos < 0:
             raise ValueError("n_episodes and n_envs must be >= 1, n_videos >= 0")
         if self.seeds is not None and not self.seeds:

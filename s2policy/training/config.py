@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from envs.randomization import Randomization
+from envs.randomization import Randomization, as_randomization
 from s2policy.encoders.s2 import EncoderConfig
 from s2policy.task import TaskConfig
 
@@ -76,8 +76,7 @@ class EvalOptions:
     randomization: Randomization | None = None
 
     def __post_init__(self):
-        if isinstance(self.randomization, dict):
-            self.randomization = Randomization(**self.randomization)
+        self.randomization = as_randomization(self.randomization)
         if self.n_episodes < 1 or self.n_envs < 1 or self.n_videos < 0:
             raise ValueError("eval.n_episodes and eval.n_envs must be >= 1, eval.n_videos >= 0")
 
