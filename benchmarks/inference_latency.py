@@ -4,7 +4,7 @@
     python benchmarks/inference_latency.py --gpu                 # + S² ViT-B + diffusion (16 DDIM)
 
 Each row builds an untrained policy of the given shape (latency does not depend on the weights)
-and times ``s2policy.inference.infer`` on one observation history (2 steps x 2 cameras),
+and times ``PolicyRunner.predict`` on one observation history (2 steps x 2 cameras),
 exactly the call the robot loop's worker makes. Goals: <= 50 ms for the tiny config on 2 CPU
 cores, <= 15 ms for S² ViT-B + diffusion on an H100.
 """
@@ -13,24 +13,28 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from s2policy.data.normalizer import Normalizer
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
-from s2policy.inference import LiveEncoder, infer
 from s2policy.policies import make_policy
+from s2policy.policies.artifact import EncoderInfo, Provenance, TrainedPolicy
 from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicyConfig
-from s2policy.runtime import describe_device, resolve_device
+from s2policy.policies.runner import PolicyRunner
+from s2policy.runtime import autocast, describe_device, resolve_device
+from s2policy.task import TaskConfig
 
 CAMERAS = ("front", "wrist")
 
 
 def build(backbone, scales, policy_name, device, dtype, image_size):
-    encoder = build_encoder(EncoderConfig(backbone=backbone, scales=scales)).to(device)
-    live = LiveEncoder(encoder, dtype)
+    """A runner of an untrained policy on this encoder (latency does not depend on training)."""
+    enc_cfg = EncoderConfig(backbone=backbone, scales=scales)
+    encoder = build_encoder(enc_cfg)
     pcfg = (
         MLPPolicyConfig() if policy_name == "mlp" else DiffusionPolicyConfig(num_inference_steps=16)
     )
@@ -41,7 +45,19 @@ def build(backbone, scales, policy_name, device, dtype, image_size):
     for cam in CAMERAS:
         norm.fit(cam, torch.randn(64, dim), "gaussian")
     meta = {"features": {c: [dim] for c in CAMERAS}, "state": [5], "action": [5]}
-    policy = make_policy(pcfg, meta, norm).to(device).eval()
+    policy = make_policy(pcfg, meta, norm)
+    trained = TrainedPolicy(
+        policy,
+        TaskConfig(env={"image_size": (image_size, image_size)}),
+        EncoderInfo(enc_cfg, encoder.spec(), dtype),
+        Provenance(None, None, None, {}),
+        step=0,
+        has_ema=False,
+        used_ema=False,
+        path=Path("."),
+    )
+    runner = PolicyRunner(trained, 1, device)
+    runner.reset([0])
     rng = np.random.default_rng(0)
     history = [
         {
@@ -50,17 +66,16 @@ def build(backbone, scales, policy_name, device, dtype, image_size):
         }
         for _ in range(pcfg.n_obs_steps)
     ]
-    return policy, live, history
+    return runner, history
 
 
-def measure(policy, live, history, device, repeats):
-    gen = torch.Generator(device).manual_seed(0)
-    times, parts = [], {"encoder_ms": [], "policy_ms": []}
+def measure(runner, history, device, repeats):
+    times, parts = [], runner.latency
     for i in range(repeats + 3):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        infer(policy, live, [history], [gen], device, parts)
+        runner.predict([history], [0])
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= 3:  # warm-up
@@ -116,9 +131,9 @@ def main() -> None:
         f"{'policy':>8s} {'goal':>6s}"
     )
     for label, backbone, scales, pol, device, dtype, size, goal in rows:
-        policy, live, history = build(backbone, scales, pol, device, dtype, size)
-        with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
-            p50, p95, enc, pms = measure(policy, live, history, device, args.repeats)
+        runner, history = build(backbone, scales, pol, device, dtype, size)
+        with autocast(device, dtype):
+            p50, p95, enc, pms = measure(runner, history, device, args.repeats)
         ok = "met" if p50 <= goal else "MISSED"
         print(
             f"{label:44s} {device.type:>6s} {p50:8.1f} {p95:8.1f} {enc:8.1f} {pms:8.1f} "

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s2policy.data.dataset import CachedFeatureData, WindowSpec
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
@@ -24,6 +23,7 @@ from s2policy.policies import make_policy
 from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicyConfig
 from s2policy.runtime import describe_device, resolve_device
+from s2policy.training.dataset import CachedFeatureData, WindowSpec
 from s2policy.training.loop import fit_normalizer
 
 CAMERAS = ["front", "wrist"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,33 +15,28 @@ def run_experiment(
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_episode: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Path, dict[str, Any] | None]:
-    """Train ``cfg``; with ``cfg.eval.enabled``, evaluate the checkpoint (rank 0 under DDP).
-    Returns the checkpoint directory and the evaluation results (or ``None``)."""
-    from s2policy.training.loop import train
+    """Train ``cfg``; with ``cfg.eval.enabled``, evaluate the checkpoint (rank 0 under DDP)
+    with the linear-probe R² of the same cached features in its results. Returns the checkpoint
+    directory and the evaluation results (or ``None``)."""
+    from s2policy.training.loop import fit
 
-    checkpoint = train(cfg, on_log)
-    if not cfg.eval.enabled or not checkpoint.exists():
-        return checkpoint, None
+    result = fit(cfg, on_log)
+    if not cfg.eval.enabled or not result.checkpoint.exists():
+        return result.checkpoint, None
     from s2policy.evaluation.probe import probe_cache
-    from s2policy.evaluation.rollout import EvalConfig, evaluate
-    from s2policy.features.cache import list_caches
-    from s2policy.training.checkpoint import read_info
+    from s2policy.evaluation.rollout import evaluate
+    from s2policy.policies.artifact import load
+    from s2policy.runtime import resolve_device
 
-    eval_cfg = EvalConfig(
-        checkpoint=str(checkpoint),
-        n_episodes=cfg.eval.n_episodes,
-        seed=cfg.eval.seed,
-        n_envs=cfg.eval.n_envs,
-        n_videos=cfg.eval.n_videos,
+    eval_cfg = dataclasses.replace(
+        cfg.eval,
+        checkpoint=str(result.checkpoint),
         device=cfg.train.device,
         task=cfg.task.name,
         encoder=cfg.encoder,
-        randomization=cfg.eval.randomization,
     )
-    results = evaluate(eval_cfg, on_episode)
-    fingerprint = read_info(checkpoint)["cache_fingerprint"]
-    if fingerprint is not None:  # linear-probe R² of the same features, for the report
-        cache = next(c for c in list_caches(cfg.dataset) if c.fingerprint == fingerprint)
-        results["probe"] = probe_cache(cfg.dataset, cache, seed=cfg.train.seed)
-        Path(results["results_file"]).write_text(json.dumps(results, indent=1))
-    return checkpoint, results
+    trained = load(result.checkpoint, eval_cfg.use_ema, resolve_device(eval_cfg.device))
+    extra = {}
+    if result.cache is not None:  # linear-probe R² of the same features, for the report
+        extra["probe"] = probe_cache(cfg.dataset, result.cache, seed=cfg.train.seed)
+    return result.checkpoint, evaluate(eval_cfg, on_episode, trained, extra)

@@ -9,6 +9,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+#: Compute dtypes by name (``float32`` runs without autocast).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; under torchrun, the local GPU."""
@@ -26,9 +29,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
     """``auto`` -> ``bfloat16`` on a GPU, ``float32`` on a CPU."""
     if dtype == "auto":
         return "bfloat16" if device.type == "cuda" else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
+    if dtype not in DTYPES:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     return dtype
+
+
+def autocast(device: torch.device, dtype: str) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device`` (a no-op context for ``float32``)."""
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "float32")
 
 
 def init_distributed() -> tuple[int, int]:

@@ -17,7 +17,10 @@ def demo_store(tmp_path_factory):
     return path
 
 
-def _run_config(store, out, policy, **train):
+BLIND = EncoderConfig(backbone="none")
+
+
+def _run_config(store, out, policy, encoder=None, **train):
     defaults = dict(
         steps=40,
         batch_size=32,
@@ -31,7 +34,7 @@ def _run_config(store, out, policy, **train):
     )
     return RunConfig(
         task=TASK,
-        encoder=EncoderConfig(backbone="vit_nano", scales=(32, 64)),
+        encoder=encoder or EncoderConfig(backbone="vit_nano", scales=(32, 64)),
         policy=policy,
         train=TrainConfig(**{**defaults, **train}),
         dataset=str(store),
@@ -41,7 +44,8 @@ def _run_config(store, out, policy, **train):
 
 @pytest.fixture(scope="session")
 def run_config():
-    """``run_config(store, out, policy, **train_overrides) -> RunConfig`` on tiny settings."""
+    """``run_config(store, out, policy, encoder=None, **train_overrides) -> RunConfig`` on tiny
+    settings (``encoder``: the nano S² encoder by default, ``BLIND`` for a state-only policy)."""
     return _run_config
 
 

@@ -31,11 +31,11 @@ import zarr
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.encoders.s2 import S2Encoder
+from s2policy.runtime import DTYPES
 
 logger = logging.getLogger(__name__)
 
 FEATURES = "features"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class CacheError(ValueError):

@@ -28,7 +28,8 @@ class PolicyConfig:
     horizon: int = 16
     #: Actions executed per chunk, from the current step on.
     n_action_steps: int = 8
-    #: Cameras whose cached features the policy sees: null = the task's, [] = blind (state only).
+    #: Cameras whose cached features the policy sees (null: the task's). A blind (state-only)
+    #: policy is ``encoder=blind``.
     cameras: list[str] | None = None
     #: Width each camera's features are projected to.
     d_feature: int = 128
@@ -111,14 +112,30 @@ class Policy(nn.Module):
         """The training loss (so that DistributedDataParallel wraps ``compute_loss``)."""
         return self.compute_loss(batch, generator)
 
-    def predict_action(self, obs: dict[str, torch.Tensor], **kw) -> torch.Tensor:
-        """Raw observations -> action chunk ``(B, horizon, A)`` in raw units."""
+    #: Whether :meth:`predict_action` samples (then ``generator`` makes it reproducible).
+    stochastic: ClassVar[bool] = False
+
+    def predict_action(
+        self,
+        obs: dict[str, torch.Tensor],
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """Raw observations -> action chunk ``(B, horizon, A)`` in raw units. ``generator``
+        drives any sampling: one for the batch, or one per row (a row's result then does not
+        depend on which other rows share the batch); deterministic policies ignore it."""
         raise NotImplementedError
 
-    def executable(self, chunk: torch.Tensor) -> torch.Tensor:
-        """The ``n_action_steps`` actions of a chunk to execute from the current step."""
-        start = self.cfg.action_start
-        return chunk[:, start : start + self.cfg.n_action_steps]
+    @property
+    def inference_steps(self) -> int | None:
+        """Denoising steps per prediction (``None``: the policy predicts in one pass)."""
+        return None
+
+    def set_inference_steps(self, steps: int) -> None:
+        """Change the number of denoising steps at inference (only iterative policies)."""
+        raise ValueError(
+            f"policy {self.name!r} predicts in one pass and has no inference steps to set; "
+            "drop num_inference_steps"
+        )
 
 
 def make_policy(cfg: PolicyConfig, shape_meta: dict[str, Any], normalizer: Normalizer) -> Policy:

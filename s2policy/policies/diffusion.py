@@ -69,6 +69,20 @@ class DiffusionPolicy(Policy):
             clip_sample=True,
         )
         self.sample_scheduler = DDIMScheduler.from_config(self.train_scheduler.config)
+        self._inference_steps = cfg.num_inference_steps
+
+    stochastic = True
+
+    @property
+    def inference_steps(self) -> int:
+        return self._inference_steps
+
+    def set_inference_steps(self, steps: int) -> None:
+        if not 1 <= steps <= self.cfg.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be in [1, {self.cfg.num_train_timesteps}], got {steps}"
+            )
+        self._inference_steps = int(steps)
 
     def compute_loss(self, batch, generator: torch.Generator | None = None) -> torch.Tensor:
         cond = self.encode_obs(batch["obs"])
@@ -86,14 +100,11 @@ class DiffusionPolicy(Policy):
     def predict_action(
         self,
         obs,
-        num_inference_steps: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
-        """``generator``: one for the batch, or one per row (results then do not depend on
-        which other rows share the batch)."""
         cond = self.encode_obs(obs)
         scheduler = self.sample_scheduler
-        scheduler.set_timesteps(num_inference_steps or self.cfg.num_inference_steps)
+        scheduler.set_timesteps(self._inference_steps)
         shape = (self.cfg.horizon, self.action_dim)
         if isinstance(generator, (list, tuple)):
             x = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generator])

@@ -46,5 +46,5 @@ class MLPPolicy(Policy):
         return F.mse_loss(self._forward(batch["obs"]), target)
 
     @torch.no_grad()
-    def predict_action(self, obs, **kw) -> torch.Tensor:
+    def predict_action(self, obs, generator=None) -> torch.Tensor:
         return self.normalizer.unnormalize("action", self._forward(obs).clamp(-1.5, 1.5))

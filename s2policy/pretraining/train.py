@@ -26,11 +26,10 @@ from safetensors.torch import load_file, save_file
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.backbones import build_backbone
 from s2policy.encoders.preprocess import frames_to_tensor
-from s2policy.features.cache import DTYPES
+from s2policy.fileio import swap_in
 from s2policy.pretraining.mae import MaskedAutoencoder, s2_tiles
-from s2policy.runtime import resolve_device, resolve_dtype
+from s2policy.runtime import DTYPES, resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
-from s2policy.training.checkpoint import swap_in
 
 logger = logging.getLogger(__name__)
 

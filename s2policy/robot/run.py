@@ -16,17 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from s2policy.inference import LiveEncoder, infer
+from s2policy.policies.artifact import TrainedPolicy, load
+from s2policy.policies.runner import PolicyRunner
 from s2policy.robot.interface import RobotInterface
 from s2policy.robot.log import RobotLog
 from s2policy.robot.loop import EpisodeReport, InferenceLoop, LoopConfig, summarize
 from s2policy.robot.safety import SafetyConfig, SafetyFilter
 from s2policy.robot.worker import ThreadWorker
 from s2policy.runtime import resolve_device
-from s2policy.task import TaskConfig
-from s2policy.training.checkpoint import LoadedPolicy, load_policy
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +42,11 @@ class RobotRunConfig:
     #: Episode ``i`` of a simulated robot is reset with seed ``seed + i``.
     seed: int = 200_000
     max_ticks: int = 100
+    #: Ask for a new chunk when the newest has at most this many actions left.
     infer_when_remaining: int = 2
+    #: Actions executed per chunk; null: the policy's ``n_action_steps``.
+    n_action_steps: int | None = None
+    #: ACT temporal ensembling decay (null: newest chunk wins).
     ensemble_decay: float | None = None
     #: Wait up to this long (s) for a requested chunk before acting (see LoopConfig).
     sync_wait_s: float = 0.0
@@ -62,43 +63,19 @@ class RobotRunConfig:
             raise ValueError("episodes must be >= 1")
 
 
-def make_infer_fn(
-    loaded: LoadedPolicy, device: torch.device, num_inference_steps: int | None = None
-) -> Callable:
-    """``history -> (executable actions (K, A), {"encoder_ms", "policy_ms"})`` of a checkpoint."""
-    policy = loaded.policy
-    live = (
-        LiveEncoder.from_checkpoint(loaded.info, device) if policy.shape_meta["features"] else None
-    )
-    kw = (
-        {"num_inference_steps": num_inference_steps}
-        if (num_inference_steps and policy.name == "diffusion")
-        else {}
-    )
-    calls = [0]
-
-    def run(history):
-        latency = {"encoder_ms": [], "policy_ms": []}
-        calls[0] += 1
-        gen = torch.Generator(device).manual_seed(calls[0])
-        chunk = infer(policy, live, [history], [gen], device, latency, kw)[0]
-        return chunk, {k: (v[0] if v else 0.0) for k, v in latency.items()}
-
-    return run
-
-
-def check_robot(spec: dict[str, Any], info: dict[str, Any]) -> None:
+def check_robot(spec: dict[str, Any], trained: TrainedPolicy) -> None:
     """The robot must offer what the policy was trained on."""
-    task_env = info["task"]["env"]
-    cams = list(info["shape_meta"]["features"])
+    cams = trained.cameras
     missing = [c for c in cams if c not in spec["cameras"]]
     problems = []
     if missing:
         problems.append(f"cameras {missing} missing (robot has {spec['cameras']})")
-    if cams and list(spec["image_size"]) != list(task_env["image_size"]):
-        problems.append(f"image size {spec['image_size']} != trained {task_env['image_size']}")
-    if int(spec["action_dim"]) != int(info["shape_meta"]["action"][0]):
-        problems.append(f"action dim {spec['action_dim']} != {info['shape_meta']['action'][0]}")
+    trained_size = list(trained.task.env.image_size)
+    if cams and list(spec["image_size"]) != trained_size:
+        problems.append(f"image size {spec['image_size']} != trained {trained_size}")
+    action_dim = trained.policy.action_dim
+    if int(spec["action_dim"]) != action_dim:
+        problems.append(f"action dim {spec['action_dim']} != {action_dim}")
     if problems:
         raise ValueError("the robot does not match the checkpoint: " + "; ".join(problems))
 
@@ -110,9 +87,8 @@ def run_robot(
 ) -> dict[str, Any]:
     """Run ``cfg.episodes`` episodes and return the summary (also written to summary.json)."""
     device = resolve_device(cfg.device)
-    loaded = load_policy(cfg.checkpoint, device=device)
-    info = loaded.info
-    task = TaskConfig(**info["task"])
+    trained = load(cfg.checkpoint, device=device)
+    task = trained.task
     if robot is None:
         from s2policy.robot.remote import RemoteRobot
         from s2policy.robot.sim_robot import SimRobot
@@ -123,9 +99,9 @@ def run_robot(
             else RemoteRobot(cfg.address, cfg.timeout_ms)
         )
     spec = robot.spec()
-    check_robot(spec, info)
+    check_robot(spec, trained)
     hz = cfg.hz or float(spec["control_hz"])
-    out = Path(cfg.log_dir) if cfg.log_dir else loaded.path.parent / "robot"
+    out = Path(cfg.log_dir) if cfg.log_dir else trained.run_dir / "robot"
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     log = RobotLog(
         out / f"{stamp}.zarr",
@@ -133,19 +109,26 @@ def run_robot(
             "task": task.name,
             "cameras": spec["cameras"],
             "control_hz": hz,
-            "checkpoint": str(loaded.path),
+            "checkpoint": str(trained.path),
             "robot": cfg.robot,
-            "env": info["task"]["env"],
+            "env": task.env.to_dict(),
         },
     )
-    worker = ThreadWorker(make_infer_fn(loaded, device, cfg.num_inference_steps), time.monotonic)
+    runner = PolicyRunner(
+        trained,
+        1,
+        device,
+        cfg.num_inference_steps,
+        cfg.n_action_steps,
+        cfg.ensemble_decay,
+        cfg.infer_when_remaining,
+    )
+    worker = ThreadWorker(runner.chunk_fn(), time.monotonic)
     loop = InferenceLoop(
         worker,
         robot,
-        LoopConfig(
-            hz, cfg.max_ticks, cfg.infer_when_remaining, cfg.ensemble_decay, cfg.sync_wait_s
-        ),
-        loaded.policy.cfg.n_obs_steps,
+        LoopConfig(hz, cfg.max_ticks, cfg.sync_wait_s),
+        runner,
         SafetyFilter(cfg.safety, spec),
         log,
         on_tick=on_tick,

@@ -8,8 +8,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from envs.randomization import Randomization, as_randomization
 from s2policy.encoders.s2 import EncoderConfig
+from s2policy.evaluation.config import EvalConfig
 from s2policy.task import TaskConfig
 
 
@@ -62,26 +62,6 @@ class TrainConfig:
 
 
 @dataclass
-class EvalOptions:
-    """Evaluation right after training (``eval.enabled=true``; what a sweep job runs)."""
-
-    enabled: bool = False
-    n_episodes: int = 20
-    #: Episode ``i`` uses seed ``seed + i`` (far from collection seeds).
-    seed: int = 100_000
-    n_envs: int = 4
-    n_videos: int = 1
-    #: Domain randomization of the evaluation (``randomization@eval.randomization=heldout``);
-    #: null: the one the demonstrations were collected with.
-    randomization: Randomization | None = None
-
-    def __post_init__(self):
-        self.randomization = as_randomization(self.randomization)
-        if self.n_episodes < 1 or self.n_envs < 1 or self.n_videos < 0:
-            raise ValueError("eval.n_episodes and eval.n_envs must be >= 1, eval.n_videos >= 0")
-
-
-@dataclass
 class RunConfig:
     """``configs/config.yaml``: one policy trained on one dataset with one encoder."""
 
@@ -90,7 +70,8 @@ class RunConfig:
     #: A policy config (``configs/policy/mlp.yaml``, ``diffusion.yaml``).
     policy: Any = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalOptions = field(default_factory=EvalOptions)
+    #: Evaluation right after training (``eval.enabled=true``; what a sweep job runs).
+    eval: EvalConfig = field(default_factory=EvalConfig)
     #: The demonstration store; by convention ``datasets/<task>.zarr``.
     dataset: str = "datasets/cube_pick.zarr"
     #: Name of the run (its directory under ``outputs/<task>/``).

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,15 @@ from diffusers.training_utils import EMAModel
 from torch.nn.parallel import DistributedDataParallel
 
 from envs import EnvConfig
-from s2policy.data.dataset import CachedFeatureData, WindowSpec
 from s2policy.data.normalizer import Normalizer
 from s2policy.encoders.s2 import build_encoder
-from s2policy.features.cache import DTYPES, build_cache, open_cache
+from s2policy.features.cache import CacheInfo, build_cache, open_cache
 from s2policy.policies import make_policy
-from s2policy.runtime import init_distributed, resolve_device, resolve_dtype
+from s2policy.policies.artifact import EncoderInfo, Provenance, load_training_state, save
+from s2policy.runtime import autocast, init_distributed, resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
-from s2policy.training.checkpoint import load_training_state, save_checkpoint
 from s2policy.training.config import RunConfig
+from s2policy.training.dataset import CachedFeatureData, WindowSpec
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ def resolve_cameras(cfg: RunConfig, task: TaskConfig, store_cameras: list[str]) 
     if cfg.encoder.is_blind:
         return []
     cameras = list(task.env.cameras) if cfg.policy.cameras is None else list(cfg.policy.cameras)
+    if not cameras:
+        raise ValueError(
+            f"policy.cameras=[] leaves encoder {cfg.encoder.backbone!r} no camera; a blind "
+            "(state-only) policy is encoder=blind"
+        )
     missing = [c for c in cameras if c not in store_cameras]
     if missing:
         raise ValueError(
@@ -59,9 +65,27 @@ def resolve_cameras(cfg: RunConfig, task: TaskConfig, store_cameras: list[str]) 
     return cameras
 
 
-def prepare_data(
-    cfg: RunConfig, device: torch.device, cache_dtype: str
-) -> tuple[CachedFeatureData, dict]:
+@dataclass
+class PreparedData:
+    """What a run trains on, and what its checkpoint records about it."""
+
+    data: CachedFeatureData
+    task: TaskConfig
+    #: The frozen encoder (``None`` when blind) and its feature cache.
+    encoder: EncoderInfo | None
+    cache: CacheInfo | None
+    dataset_episodes: int
+
+    def provenance(self, cfg: RunConfig) -> Provenance:
+        return Provenance(
+            str(cfg.dataset),
+            self.dataset_episodes,
+            self.cache.fingerprint if self.cache else None,
+            cfg.to_dict(),
+        )
+
+
+def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> PreparedData:
     """Build the feature cache when missing (through the cache module) and load the windows."""
     from s2policy.data.replay_buffer import ReplayBuffer
 
@@ -69,8 +93,7 @@ def prepare_data(
     attrs = store.attrs
     task = dataset_task(cfg, attrs)
     cameras = resolve_cameras(cfg, task, list(attrs.get("cameras", [])))
-    encoder_meta: dict[str, Any] = {"encoder": None, "cache_fingerprint": None}
-    cache = None
+    encoder_info, cache = None, None
     if cameras:
         encoder = build_encoder(cfg.encoder).to(device)
         if cfg.train.build_cache:
@@ -84,21 +107,13 @@ def prepare_data(
             )
         else:
             cache = open_cache(cfg.dataset, encoder, cameras, cache_dtype)
-        encoder_meta = {
-            **encoder_meta,
-            "encoder": {
-                "config": cfg.encoder.to_dict(),
-                "spec": encoder.spec(),
-                "dtype": cache_dtype,
-            },
-            "cache_fingerprint": cache.fingerprint,
-        }
+        encoder_info = EncoderInfo(cfg.encoder, encoder.spec(), cache_dtype)
         del encoder
     windows = WindowSpec(cfg.policy.n_obs_steps, cfg.policy.horizon, cfg.policy.n_action_steps)
     data = CachedFeatureData(
         cfg.dataset, cache, cameras, windows, cfg.train.val_ratio, cfg.train.seed, device
     )
-    return data, {"task": task.to_dict(), "dataset_episodes": store.n_episodes, **encoder_meta}
+    return PreparedData(data, task, encoder_info, cache, store.n_episodes)
 
 
 def fit_normalizer(data: CachedFeatureData, normalize_features: bool) -> Normalizer:
@@ -110,15 +125,29 @@ def fit_normalizer(data: CachedFeatureData, normalize_features: bool) -> Normali
     return norm
 
 
+@dataclass
+class TrainResult:
+    """A finished run: its checkpoint and the feature cache it trained on (``None`` if blind)."""
+
+    checkpoint: Path
+    cache: CacheInfo | None
+
+
 def train(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """Train ``cfg.policy`` and return the final checkpoint directory."""
+    return fit(cfg, on_log).checkpoint
+
+
+def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train ``cfg.policy``; returns the final checkpoint and the cache it was trained on."""
     rank, world = init_distributed()
     device = resolve_device(cfg.train.device)
     dtype = resolve_dtype(cfg.train.dtype, device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed + rank)
-    data, encoder_meta = prepare_data(cfg, device, dtype)
+    prepared = prepare_data(cfg, device, dtype)
+    data = prepared.data
     policy = make_policy(
         cfg.policy, data.shape_meta, fit_normalizer(data, cfg.policy.normalize_features)
     )
@@ -145,11 +174,7 @@ def train(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None
         step = int(state["step"])
         logger.info("resumed %s at step %d", out, step)
     model = DistributedDataParallel(policy) if world > 1 else policy
-    meta = {
-        "config": cfg.to_dict(),
-        "dataset": str(cfg.dataset),
-        **encoder_meta,
-    }
+    provenance = prepared.provenance(cfg)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
 
     def checkpoint() -> Path | None:
@@ -170,16 +195,17 @@ def train(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None
             "torch_rng": torch.get_rng_state(),
             "ema": ema.state_dict() if ema else None,
         }
-        return save_checkpoint(out, policy, {**meta, "step": step}, ema_state, state)
+        return save(
+            out, policy, prepared.task, prepared.encoder, provenance, step, ema_state, state
+        )
 
     metrics = (out / "metrics.jsonl").open("a" if step else "w") if rank == 0 else None
-    autocast = dict(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "float32")
     window_loss, window_start = [], time.perf_counter()
     try:
         while step < cfg.train.steps:
             policy.train()
             batch = data.sample(cfg.train.batch_size, data_gen)
-            with torch.autocast(**autocast):
+            with autocast(device, dtype):
                 loss = model(batch, generator=noise_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -206,7 +232,7 @@ def train(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None
             ):
                 record = {
                     **(record or {"step": step}),
-                    "val_loss": validate(policy, data, cfg, autocast),
+                    "val_loss": validate(policy, data, cfg.train.batch_size, device, dtype),
                 }
             if record is not None and rank == 0:
                 metrics.write(json.dumps(record) + "\n")
@@ -221,17 +247,19 @@ def train(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None
             metrics.close()
     if world > 1:
         torch.distributed.barrier()
-    return final or out / "checkpoint"
+    return TrainResult(final or out / "checkpoint", prepared.cache)
 
 
 @torch.no_grad()
-def validate(policy, data: CachedFeatureData, cfg: RunConfig, autocast: dict) -> float:
+def validate(
+    policy, data: CachedFeatureData, batch_size: int, device: torch.device, dtype: str
+) -> float:
     """Mean loss over every validation window, with a fixed noise seed (comparable over steps)."""
     policy.eval()
     gen = torch.Generator(data.device).manual_seed(12345)
     losses, counts = [], []
-    for batch in data.iterate("val", cfg.train.batch_size):
-        with torch.autocast(**autocast):
+    for batch in data.iterate("val", batch_size):
+        with autocast(device, dtype):
             losses.append(policy(batch, generator=gen).item())
         counts.append(len(batch["action"]))
     return float(np.average(losses, weights=counts))

@@ -8,11 +8,10 @@ from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.s2 import EncoderConfig
 from s2policy.evaluation.rollout import EvalConfig, evaluate
 from s2policy.features.cache import open_cache
-from s2policy.inference import LiveEncoder
+from s2policy.policies.artifact import load
 from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicyConfig
-from s2policy.task import TaskConfig
-from s2policy.training.checkpoint import read_info
+from s2policy.policies.runner import LiveEncoder
 from s2policy.training.loop import train
 
 
@@ -87,10 +86,10 @@ def test_live_encoder_on_rendered_frames_equals_the_cache(demo_store, mlp_ckpt):
     """Frames rendered now (replaying episode 0's seed and actions) are the stored frames, and
     the live encoder gives the cached features: float16 rounding of the same computation, so
     |live - cached| <= 1e-3 + 1e-3 |value| (one float16 step near the values seen)."""
-    info = read_info(mlp_ckpt)
+    trained = load(mlp_ckpt)
     buf = ReplayBuffer.open(demo_store)
     episode = buf.get_episode(0)
-    task = TaskConfig(**info["task"])
+    task = trained.task
     env = task.make_env()
     obs, _ = env.reset(seed=int(buf.get_meta("episode_seeds")[0]))
     frames = {"front": [obs["front"]], "wrist": [obs["wrist"]]}
@@ -98,7 +97,7 @@ def test_live_encoder_on_rendered_frames_equals_the_cache(demo_store, mlp_ckpt):
         obs, *_ = env.step(action)
         frames["front"].append(obs["front"])
         frames["wrist"].append(obs["wrist"])
-    live = LiveEncoder.from_checkpoint(info, torch.device("cpu"))
+    live = LiveEncoder.from_info(trained.encoder, torch.device("cpu"))
     cache = open_cache(demo_store, live.encoder, ["front", "wrist"], live.dtype)
     for cam in ("front", "wrist"):
         rendered = np.stack(frames[cam])

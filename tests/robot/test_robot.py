@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.policies.runner import ActionQueue, ActionRunner, ensemble_weights
 from s2policy.robot.log import RobotLog, events_from_mask
 from s2policy.robot.loop import InferenceLoop, LoopConfig, summarize
 from s2policy.robot.remote import RemoteRobot, RobotServer, pack, unpack
 from s2policy.robot.safety import SafetyConfig, SafetyFilter
-from s2policy.robot.scheduler import ActionScheduler, ensemble_weights
 from s2policy.robot.worker import SimulatedLatencyWorker, ThreadWorker
 
 SPEC = {
@@ -84,14 +84,19 @@ def constant_infer(value=0.1, k=4):
     return infer
 
 
-def make_loop(robot, clock, latency_s, ticks=20, log=None, infer=None, **kw):
+def chunk_runner(infer_when_remaining=2, ensemble_decay=None, k=4):
+    """The runner's episode state (history, queue) for a fake chunk inference of ``k`` actions."""
+    return ActionRunner(1, 2, k, 5, ensemble_decay, infer_when_remaining)
+
+
+def make_loop(robot, clock, latency_s, ticks=20, log=None, infer=None, runner=None, **kw):
     worker = SimulatedLatencyWorker(infer or constant_infer(), clock, latency_s)
     cfg = LoopConfig(hz=10, max_ticks=ticks, **kw)
     return InferenceLoop(
         worker,
         robot,
         cfg,
-        2,
+        runner or chunk_runner(),
         SafetyFilter(SafetyConfig(), SPEC),
         log,
         clock=clock,
@@ -101,7 +106,7 @@ def make_loop(robot, clock, latency_s, ticks=20, log=None, infer=None, **kw):
 
 # ------------------------------------------------------------------ scheduling
 def test_latency_compensation_skips_past_actions():
-    s = ActionScheduler()
+    s = ActionQueue()
     chunk = np.arange(4)[:, None] * np.ones((4, 2))
     assert s.add(first_tick=10, actions=chunk, now_tick=12) == 2  # arrived 2 ticks late
     np.testing.assert_array_equal(s.action(12), chunk[2])
@@ -112,7 +117,7 @@ def test_latency_compensation_skips_past_actions():
 
 
 def test_newest_chunk_wins_without_ensembling():
-    s = ActionScheduler()
+    s = ActionQueue()
     s.add(0, np.zeros((6, 1)), 0)
     s.add(2, np.ones((6, 1)), 2)
     assert s.action(1)[0] == 0 and s.action(3)[0] == 1
@@ -123,13 +128,13 @@ def test_temporal_ensembling_weights():
     np.testing.assert_allclose(w, np.exp(-0.5 * np.arange(3)) / np.exp(-0.5 * np.arange(3)).sum())
     assert w[0] > w[1] > w[2]  # ACT: the oldest prediction weighs most
     np.testing.assert_allclose(ensemble_weights(4, 0.0), 0.25)
-    s = ActionScheduler(ensemble_decay=0.5)
+    s = ActionQueue(ensemble_decay=0.5)
     s.add(0, np.full((4, 1), 0.0), 0)
     s.add(1, np.full((4, 1), 1.0), 1)
     s.add(2, np.full((4, 1), 2.0), 2)
     assert s.action(2)[0] == pytest.approx(w @ np.array([0.0, 1.0, 2.0]))
     with pytest.raises(ValueError):
-        ActionScheduler(ensemble_decay=-1)
+        ActionQueue(ensemble_decay=-1)
 
 
 # ------------------------------------------------------------------ safety
@@ -359,7 +364,7 @@ def test_a_chunk_that_is_ready_serves_the_current_tick():
     robot = FakeRobot(clock)
     # zero latency, new chunk only when the last is used up: every action comes from its chunk's
     # first position onwards and nothing is held or skipped (what evaluation does)
-    report = make_loop(robot, clock, latency_s=0.0, infer_when_remaining=0).run_episode()
+    report = make_loop(robot, clock, latency_s=0.0, runner=chunk_runner(0)).run_episode()
     assert report.held_ticks == 0 and report.skipped_actions == 0 and len(robot.actions) == 20
     with pytest.raises(ValueError, match="sync_wait_s"):
         LoopConfig(hz=10, sync_wait_s=0.2)
@@ -368,12 +373,12 @@ def test_a_chunk_that_is_ready_serves_the_current_tick():
 def test_sync_wait_lets_a_fast_thread_inference_serve_the_current_tick():
     """Real threads; the wait (0.2 s) is ~1000x what the instant inference needs."""
     robot = FakeRobot(time.monotonic)
-    cfg = LoopConfig(hz=4, max_ticks=3, infer_when_remaining=0, sync_wait_s=0.2)
+    cfg = LoopConfig(hz=4, max_ticks=3, sync_wait_s=0.2)
     loop = InferenceLoop(
         ThreadWorker(constant_infer(), time.monotonic),
         robot,
         cfg,
-        2,
+        chunk_runner(0),
         SafetyFilter(SafetyConfig(), SPEC),
     )
     report = loop.run_episode()

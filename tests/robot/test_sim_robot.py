@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.policies.artifact import load
 from s2policy.policies.mlp import MLPPolicyConfig
 from s2policy.robot.run import RobotRunConfig, check_robot, run_robot
 from s2policy.robot.sim_robot import SimRobot
 from s2policy.task import TaskConfig
-from s2policy.training.checkpoint import read_info
 from s2policy.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,10 +52,10 @@ def test_sim_robot_run_at_10_hz_reports_success_and_logs(ckpt, tmp_path):
 
 
 def test_robot_that_does_not_match_the_checkpoint(ckpt):
-    info = read_info(ckpt)
+    trained = load(ckpt)
     spec = {"cameras": ["front"], "image_size": [32, 32], "action_dim": 4}
     with pytest.raises(ValueError, match=r"cameras \['wrist'\] missing.*action dim 4 != 5"):
-        check_robot(spec, info)
+        check_robot(spec, trained)
 
 
 def test_cli(ckpt, tmp_path):

@@ -10,14 +10,17 @@ import torch
 import zarr
 from safetensors.torch import load_file
 
+from s2policy.encoders.s2 import EncoderConfig
 from s2policy.features.cache import CacheError, list_caches
+from s2policy.policies.artifact import load, read_info
 from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicyConfig
+from s2policy.policies.runner import PolicyRunner
 from s2policy.task import TaskConfig
-from s2policy.training.checkpoint import load_policy, read_info
 from s2policy.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[2]
+BLIND = EncoderConfig(backbone="none")
 
 
 def small_mlp(**kw):
@@ -73,26 +76,26 @@ def test_training_builds_the_cache_once_and_writes_the_run(demo_store, tmp_path,
 
 def test_checkpoint_round_trip_gives_identical_actions(demo_store, tmp_path, run_config):
     ckpt = train(run_config(demo_store, tmp_path, small_diffusion()))
-    loaded = load_policy(ckpt)
+    loaded = load(ckpt)
     obs = {
         "front": torch.randn(3, 2, 96),
         "wrist": torch.randn(3, 2, 96),
         "state": torch.randn(3, 2, 5),
     }
-    again = load_policy(tmp_path)  # the run directory works too
+    again = load(tmp_path)  # the run directory works too
     a = loaded.policy.predict_action(obs, generator=torch.Generator().manual_seed(0))
     b = again.policy.predict_action(obs, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert a.shape == (3, 8, 5)
-    raw = load_policy(ckpt, use_ema=False).policy.predict_action(
+    raw = load(ckpt, use_ema=False).policy.predict_action(
         obs, generator=torch.Generator().manual_seed(0)
     )
     assert not torch.equal(raw, a)  # EMA weights differ from the raw ones
-    assert loaded.policy.executable(a).shape == (3, 4, 5)
+    assert PolicyRunner(loaded).executable(a).shape == (3, 4, 5)
 
 
 def test_ddim_step_count_changes_sampling(demo_store, tmp_path, run_config):
-    policy = load_policy(train(run_config(demo_store, tmp_path, small_diffusion()))).policy
+    policy = load(train(run_config(demo_store, tmp_path, small_diffusion()))).policy
     obs = {
         "front": torch.randn(2, 2, 96),
         "wrist": torch.randn(2, 2, 96),
@@ -103,9 +106,8 @@ def test_ddim_step_count_changes_sampling(demo_store, tmp_path, run_config):
     outs = {}
     for steps in (1, 4, 16):
         calls.clear()
-        outs[steps] = policy.predict_action(
-            obs, num_inference_steps=steps, generator=torch.Generator().manual_seed(0)
-        )
+        policy.set_inference_steps(steps)
+        outs[steps] = policy.predict_action(obs, generator=torch.Generator().manual_seed(0))
         assert len(calls) == steps
     assert not torch.allclose(outs[1], outs[16])
 
@@ -138,10 +140,10 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(demo_store, tmp_
 
 
 def test_blind_policy_needs_no_cache(demo_store, tmp_path, run_config):
-    ckpt = train(run_config(demo_store, tmp_path, small_mlp(cameras=[])))
+    ckpt = train(run_config(demo_store, tmp_path, small_mlp(), BLIND))
     info = read_info(ckpt)
     assert info["encoder"] is None and info["shape_meta"]["features"] == {}
-    out = load_policy(ckpt).policy.predict_action({"state": torch.randn(1, 2, 5)})
+    out = load(ckpt).policy.predict_action({"state": torch.randn(1, 2, 5)})
     assert out.shape == (1, 8, 5)
 
 
@@ -156,18 +158,18 @@ def test_nan_actions_in_a_store_are_refused(demo_store, tmp_path, run_config):
     values[7, 2] = np.nan
     arr[:] = values
     with pytest.raises(ValueError, match=r"'action' contains NaN or inf \(first at step 7"):
-        train(run_config(bad, tmp_path / "run", small_mlp(cameras=[])))
+        train(run_config(bad, tmp_path / "run", small_mlp(), BLIND))
     state = zarr.open_group(str(bad), mode="r+")["data/state"]
     values = state[:]
     values[3, 0] = np.inf
     state[:] = values
     arr[:] = np.nan_to_num(arr[:])
     with pytest.raises(ValueError, match="'state' contains NaN or inf"):
-        train(run_config(bad, tmp_path / "run", small_mlp(cameras=[])))
+        train(run_config(bad, tmp_path / "run", small_mlp(), BLIND))
 
 
 def test_the_run_takes_the_task_settings_of_its_dataset(demo_store, tmp_path, run_config):
-    cfg = run_config(demo_store, tmp_path / "run", small_mlp(cameras=[]), steps=2)
+    cfg = run_config(demo_store, tmp_path / "run", small_mlp(), BLIND, steps=2)
     cfg.task = TaskConfig(env={"image_size": (64, 64), "shadow_size": 512})  # not the data's
     info = read_info(train(cfg))
     assert info["task"]["env"]["image_size"] == [32, 32]  # what evaluation must render
@@ -252,4 +254,4 @@ def test_torchrun_ddp_trains(demo_store, tmp_path, run_config):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_info(tmp_path)["step"] == 20
-    assert load_policy(tmp_path).policy.cfg.hidden_dims == [32]
+    assert load(tmp_path).policy.cfg.hidden_dims == [32]

@@ -1,0 +1,238 @@
+"""A trained policy as one typed artifact: written by training, loaded (validated once) by
+evaluation, the robot loop, sweeps, the report and the probe. Nothing else reads its files.
+
+``<run>/checkpoint/``: ``model.safetensors`` (policy weights, normalizer included),
+``ema.safetensors`` (EMA weights, when the policy keeps them), ``policy.json`` (resolved run
+config, policy config and ``shape_meta``, normalizer statistics, encoder config + spec + cache
+dtype, cache fingerprint, dataset, task, step) and ``training_state.pt`` (optimizer, scheduler,
+EMA, RNG states, step; read with ``torch.load(weights_only=True)``) for ``train.resume=true``.
+A checkpoint is written to ``checkpoint.new/`` and swapped in by renames, so a crash never
+leaves a mixture. Loading runs no code from the files (safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from s2policy.data.normalizer import Normalizer
+from s2policy.encoders.s2 import EncoderConfig
+from s2policy.fileio import swap_in
+from s2policy.policies.base import POLICIES, Policy, make_policy
+from s2policy.task import TaskConfig
+
+FORMAT = "s2policy.policy"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """The frozen encoder a policy was trained on: its config, the spec it produced (weights
+    digest included) and the dtype its features were computed in."""
+
+    config: EncoderConfig
+    spec: dict[str, Any]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "spec": self.spec, "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a policy comes from: the data it was trained on and how."""
+
+    #: The demonstration store.
+    dataset: str | None
+    #: Episodes in the store when training started.
+    dataset_episodes: int | None
+    #: Fingerprint of the feature cache it was trained on (``None`` when blind).
+    cache_fingerprint: str | None
+    #: The resolved run config (``RunConfig.to_dict()``).
+    config: dict[str, Any]
+
+    @property
+    def train_seed(self) -> int:
+        return int(self.config.get("train", {}).get("seed", 0))
+
+
+@dataclass
+class TrainedPolicy:
+    """A ready-to-run policy (eval mode) with everything needed to run it as it was trained."""
+
+    policy: Policy
+    #: The task as the demonstrations showed it (image size, cameras, randomization, ...).
+    task: TaskConfig
+    #: The frozen encoder; ``None`` for a blind (state-only) policy.
+    encoder: EncoderInfo | None
+    provenance: Provenance
+    #: Training step of these weights.
+    step: int
+    #: Whether the checkpoint holds EMA weights (and whether they were loaded).
+    has_ema: bool
+    used_ema: bool
+    #: The checkpoint directory it was loaded from.
+    path: Path
+
+    @property
+    def shape_meta(self) -> dict[str, Any]:
+        return self.policy.shape_meta
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self.policy.normalizer
+
+    @property
+    def cameras(self) -> list[str]:
+        """Cameras whose features the policy sees ([] when blind)."""
+        return list(self.policy.shape_meta["features"])
+
+    @property
+    def is_blind(self) -> bool:
+        return self.encoder is None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    @classmethod
+    def load(
+        cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"
+    ) -> TrainedPolicy:
+        return load(path, use_ema, device)
+
+
+def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save(
+    run_dir: str | Path,
+    policy: Policy,
+    task: TaskConfig,
+    encoder: EncoderInfo | None,
+    provenance: Provenance,
+    step: int,
+    ema_state: dict[str, torch.Tensor] | None = None,
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``run_dir/checkpoint`` (see module docstring) and return its path."""
+    run_dir = Path(run_dir)
+    final, new = run_dir / "checkpoint", run_dir / "checkpoint.new"
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    save_file(_tensors(policy.state_dict()), str(new / "model.safetensors"))
+    if ema_state is not None:
+        save_file(_tensors(ema_state), str(new / "ema.safetensors"))
+    if training_state is not None:
+        torch.save(training_state, new / "training_state.pt")
+    info = {
+        "format": FORMAT,
+        "version": VERSION,
+        "policy": policy.cfg.to_dict(),
+        "shape_meta": policy.shape_meta,
+        "normalizer": policy.normalizer.state(),
+        "has_ema": ema_state is not None,
+        "config": provenance.config,
+        "dataset": provenance.dataset,
+        "dataset_episodes": provenance.dataset_episodes,
+        "cache_fingerprint": provenance.cache_fingerprint,
+        "task": task.to_dict(),
+        "encoder": encoder.to_dict() if encoder is not None else None,
+        "step": step,
+    }
+    (new / "policy.json").write_text(json.dumps(info, indent=1, default=str))
+    return swap_in(new, final)
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """Accept a run directory or its ``checkpoint/``; recover a swap interrupted by a crash."""
+    path = Path(path)
+    if (path / "checkpoint").is_dir() or (path / "checkpoint.new" / "policy.json").is_file():
+        path = path / "checkpoint"
+    if (
+        not (path / "policy.json").is_file()
+        and (path.parent / "checkpoint.new" / "policy.json").is_file()
+    ):
+        return path.parent / "checkpoint.new"
+    if not (path / "policy.json").is_file() or not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"no policy checkpoint at {path} (expected policy.json + model.safetensors, written "
+            "by train_policy.py into outputs/<run>/checkpoint)"
+        )
+    return path
+
+
+def read_info(path: str | Path) -> dict[str, Any]:
+    """The raw ``policy.json`` of a checkpoint (format and version checked)."""
+    ckpt = checkpoint_dir(path)
+    info = json.loads((ckpt / "policy.json").read_text())
+    if info.get("format") != FORMAT:
+        raise ValueError(f"{ckpt}/policy.json is not an s2policy checkpoint")
+    if info.get("version", 0) > VERSION:
+        raise ValueError(f"{ckpt} has checkpoint version {info['version']}; upgrade s2policy")
+    return info
+
+
+def load(
+    path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"
+) -> TrainedPolicy:
+    """Rebuild a trained policy from a checkpoint (a run directory or its ``checkpoint/``),
+    validated once, without pickle."""
+    ckpt = checkpoint_dir(path)
+    info = read_info(ckpt)
+    name = info["policy"]["name"]
+    if name not in POLICIES:
+        raise ValueError(
+            f"checkpoint {ckpt} holds unknown policy {name!r}; known: {list(POLICIES)}"
+        )
+    config_cls, _ = POLICIES[name]
+    cfg = config_cls(**info["policy"])
+    policy = make_policy(cfg, info["shape_meta"], Normalizer.from_state(info["normalizer"]))
+    has_ema = bool(info.get("has_ema"))
+    weights = ckpt / ("ema.safetensors" if use_ema and has_ema else "model.safetensors")
+    missing, unexpected = policy.load_state_dict(load_file(str(weights)), strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights} does not match policy {name!r}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    enc = info.get("encoder")
+    encoder = None
+    if enc and enc.get("config") and enc["config"].get("backbone") != "none":
+        encoder = EncoderInfo(EncoderConfig(**enc["config"]), enc["spec"], enc["dtype"])
+    if (encoder is None) != (not policy.shape_meta["features"]):
+        raise ValueError(
+            f"{ckpt}/policy.json is inconsistent: the policy sees cameras "
+            f"{list(policy.shape_meta['features'])} but the encoder is {enc!r}"
+        )
+    return TrainedPolicy(
+        policy=policy.to(device).eval(),
+        task=TaskConfig(**info["task"]),
+        encoder=encoder,
+        provenance=Provenance(
+            info.get("dataset"),
+            info.get("dataset_episodes"),
+            info.get("cache_fingerprint"),
+            info.get("config", {}),
+        ),
+        step=int(info.get("step", 0)),
+        has_ema=has_ema,
+        used_ema=use_ema and has_ema,
+        path=ckpt,
+    )
+
+
+def load_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Policy weights and training state of a checkpoint (for resuming)."""
+    ckpt = checkpoint_dir(path)
+    state_file = ckpt / "training_state.pt"
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{ckpt} has no training_state.pt; it cannot be resumed")
+    return load_file(str(ckpt / "model.safetensors")), torch.load(state_file, weights_only=True)
