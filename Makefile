@@ -14,7 +14,7 @@ TASKS := cube_pick place stack push
 
 setup: sysdeps $(STAMP)
 
-# Python environment: torch is resolved by pip together with timm (see shared/DESIGN.md pins).
+# Python environment: torch is resolved by pip together with timm (no pins of our own).
 # robomimic 0.3.0 builds egl_probe with cmake, which needs the policy minimum with cmake >= 4.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ sysdeps:
 demo: setup
 	$(PY) collect_demos.py task=cube_pick n_episodes=$(DEMO_EPISODES)
 	$(PY) train_policy.py -m experiment=demo encoder=blind,micro,micro_s2
-	$(PY) -m s2policy.evaluation.report multirun/cube_pick --out multirun/cube_pick/report
+	$(PY) -m s2policy.evaluation.report runs=[multirun/cube_pick] out=multirun/cube_pick/report
 	@echo "videos: multirun/cube_pick/*/eval/*.mp4"
 
 # The same comparison on every task (configs/experiment/multitask.yaml): one table per task and
@@ -49,7 +49,8 @@ demo: setup
 demo-tasks: setup
 	for task in $(TASKS); do $(PY) collect_demos.py task=$$task n_episodes=$(DEMO_EPISODES) || exit 1; done
 	$(PY) train_policy.py -m experiment=multitask
-	$(PY) -m s2policy.evaluation.report $(addprefix multirun/,$(TASKS)) --tasks $(TASKS) --out multirun/report
+	$(PY) -m s2policy.evaluation.report out=multirun/report \
+	    runs=[$$(echo $(addprefix multirun/,$(TASKS)) | tr ' ' ,)] tasks=[$$(echo $(TASKS) | tr ' ' ,)]
 
 test: setup
 	$(PY) -m pytest

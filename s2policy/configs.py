@@ -1,19 +1,32 @@
-"""Typed config schemas registered with hydra's ConfigStore (the YAML in ``configs/`` overrides)."""
+"""Typed config schemas registered with hydra's ConfigStore (the YAML in ``configs/`` overrides),
+and the one way every command runs: :func:`run_hydra`."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
 from hydra.core.config_store import ConfigStore
+
+#: The repository's ``configs/`` folder (beside the package; it is installed editable).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def register_configs() -> None:
     """Register every schema; entry points call this before ``hydra.main`` runs."""
     from s2policy.data.collect import CollectConfig
+    from s2policy.data.robomimic_io import RobomimicConfig
     from s2policy.encoders.s2 import EncoderConfig
+    from s2policy.evaluation.probe import ProbeConfig
+    from s2policy.evaluation.report import ReportConfig
     from s2policy.evaluation.rollout import EvalConfig
     from s2policy.features.command import CacheCommandConfig
     from s2policy.policies.diffusion import DiffusionPolicyConfig
     from s2policy.policies.mlp import MLPPolicyConfig
     from s2policy.pretraining.train import PretrainConfig
+    from s2policy.robot.run import RobotRunConfig
     from s2policy.task import TaskConfig
     from s2policy.training.config import RunConfig, TrainConfig
 
@@ -28,6 +41,12 @@ def register_configs() -> None:
     cs.store(group="policy", name="mlp_schema", node=MLPPolicyConfig)
     cs.store(group="policy", name="diffusion_schema", node=DiffusionPolicyConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)
+    cs.store(name="report_schema", node=ReportConfig)
+    cs.store(name="probe_schema", node=ProbeConfig)
+    # One typed encoder, for composing ``+encoder=<name>`` on its own (the probe's encoders).
+    cs.store(name="encoder_choice_schema", node={"encoder": EncoderConfig})
+    cs.store(name="robomimic_schema", node=RobomimicConfig)
+    cs.store(name="robot_schema", node=RobotRunConfig)
 
 
 def to_object(cfg):
@@ -35,3 +54,38 @@ def to_object(cfg):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_object(cfg)
+
+
+def run_hydra(
+    config_name: str,
+    job_name: str,
+    body: Callable[[Any], None],
+    argv: Sequence[str] | None = None,
+) -> None:
+    """Run ``body(typed config)`` as the hydra app of ``configs/<config_name>.yaml``.
+
+    The command line (``key=value`` overrides, ``-m``, ``--help``, ...) is ``sys.argv[1:]``, or
+    ``argv`` for in-process calls. ``job_name`` is hydra's ``hydra.job.name`` (log file, SLURM
+    job name): that of the command's script, wherever the entry point lives.
+    """
+    import hydra
+
+    import envs  # noqa: F401  (chooses the headless GL backend before mujoco is imported)
+
+    register_configs()
+
+    def task(dict_cfg) -> None:
+        body(to_object(dict_cfg))
+
+    # hydra names the job after the task function's module (its config path is absolute).
+    task.__module__ = job_name
+    app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)
+    if argv is None:
+        app()
+        return
+    saved = sys.argv
+    sys.argv = [job_name, *map(str, argv)]
+    try:
+        app()
+    finally:
+        sys.argv = saved

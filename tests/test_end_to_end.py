@@ -66,7 +66,7 @@ def test_collect_cache_train_eval_report(tmp_path):
         f"output_dir={tmp_path}/eval2",
     )
     assert "(" in out and "/2 episodes)" in out
-    out = run("-m", "s2policy.evaluation.report", sweep, "--out", tmp_path / "report")
+    out = run("-m", "s2policy.evaluation.report", f"runs=[{sweep}]", f"out={tmp_path / 'report'}")
     assert "blind (state only)" in out and "vit_nano | (32, 64)" in out
     assert (tmp_path / "report" / "success_vs_gflops.png").is_file()
 
@@ -125,7 +125,11 @@ def test_multi_task_sweep_heldout_eval_and_report(tmp_path):
     assert heldout["randomization"] == "heldout" and heldout["trained_randomization"] == "off"
     report = tmp_path / "report"
     out = run(
-        "-m", "s2policy.evaluation.report", multirun, "--tasks", "place", "push", "--out", report
+        "-m",
+        "s2policy.evaluation.report",
+        f"runs=[{multirun}]",
+        "tasks=[place,push]",
+        f"out={report}",
     )
     assert "### Summary across tasks" in out and "### place" in out and "### push" in out
     assert "heldout (demos: off)" in out

@@ -19,19 +19,22 @@ back the identical store.
 Imports append one demo at a time to the ReplayBuffer (crash-safe) and resume an interrupted import
 of the same file; exports are written to ``<out>.partial`` and renamed when complete.
 
-    python -m s2policy.data.robomimic_io import robomimic/lift/ph/image.hdf5 datasets/lift.zarr \\
-        --filter train --state-keys robot0_eef_pos robot0_eef_quat robot0_gripper_qpos
-    python -m s2policy.data.robomimic_io export datasets/cube_pick.zarr exports/cube_pick.hdf5
+    python -m s2policy.data.robomimic_io action=import src=robomimic/lift/ph/image.hdf5 \\
+        dst=datasets/lift.zarr filter=train \\
+        state_keys=[robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos]
+    s2policy-robomimic action=export src=datasets/cube_pick.zarr dst=exports/cube_pick.hdf5
+
+(``configs/robomimic.yaml``, typed by :class:`RobomimicConfig`.)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +177,8 @@ def import_robomimic(
             attrs["action_dim"] = int(np.prod(first["action"].shape[1:]))
             if "state" not in first:
                 logger.warning(
-                    "%s has no obs/state: policies need one; pass state_keys (--state-keys) "
-                    "naming the low-dim obs to concatenate into it",
+                    "%s has no obs/state: policies need one; pass state_keys (command line: "
+                    "state_keys=[...]) naming the low-dim obs to concatenate into it",
                     src,
                 )
         buffer = _open_output(out, attrs, overwrite)
@@ -197,7 +200,7 @@ def _open_output(out: Path, attrs: dict[str, Any], overwrite: bool) -> ReplayBuf
         if buffer.attrs.get("robomimic_source") != attrs["robomimic_source"]:
             raise FileExistsError(
                 f"{out} exists and is not an interrupted import of the same file; pass "
-                "overwrite=True (--overwrite) to replace it"
+                "overwrite=True (command line: overwrite=true) to replace it"
             )
         logger.info("resuming the import into %s after %d demos", out, buffer.n_episodes)
         return buffer
@@ -288,37 +291,66 @@ def _write_demo(
         group.create_dataset("dones", data=done)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="robomimic hdf5 -> ReplayBuffer zarr store")
-    imp.add_argument("src", help="robomimic .hdf5 file")
-    imp.add_argument("out", help="zarr store to create (datasets/<name>.zarr)")
-    imp.add_argument("--obs-keys", nargs="+", help="obs keys to import (default: all)")
-    imp.add_argument("--state-keys", nargs="+", help="low-dim obs keys concatenated into state")
-    imp.add_argument("--filter", help="import only the demos of mask/<filter> (e.g. train)")
-    imp.add_argument("--overwrite", action="store_true")
-    exp = sub.add_parser("export", help="ReplayBuffer zarr store -> robomimic hdf5")
-    exp.add_argument("store")
-    exp.add_argument("out")
-    exp.add_argument("--no-next-obs", action="store_true", help="skip next_obs/ (half the size)")
-    exp.add_argument("--valid-ratio", type=float, default=0.1)
-    exp.add_argument("--seed", type=int, default=0)
-    exp.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
+ACTIONS = ("import", "export")
+
+
+@dataclass
+class RobomimicConfig:
+    """``configs/robomimic.yaml``: ``action=import`` (robomimic hdf5 -> zarr store) or
+    ``action=export`` (zarr store -> robomimic hdf5), from ``src`` to ``dst``."""
+
+    action: str = "???"
+    #: import: the robomimic .hdf5 file; export: the ReplayBuffer store.
+    src: str = "???"
+    #: import: the store to create (datasets/<name>.zarr); export: the .hdf5 file to write.
+    dst: str = "???"
+    #: import: obs keys to import (null: all).
+    obs_keys: list[str] | None = None
+    #: import: low-dim obs keys concatenated (in this order) into ``state``.
+    state_keys: list[str] | None = None
+    #: import: only the demos of ``mask/<filter>`` (e.g. train).
+    filter: str | None = None
+    #: export: also write ``next_obs/`` (false: half the size).
+    next_obs: bool = True
+    #: export: fraction of demos in ``mask/valid``.
+    valid_ratio: float = 0.1
+    #: export: seed of the train/valid split.
+    seed: int = 0
+    #: Replace an existing ``dst`` (an import otherwise resumes an interrupted one).
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.action not in ACTIONS:
+            raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
+        if self.action == "export":
+            given = [k for k in ("obs_keys", "state_keys", "filter") if getattr(self, k)]
+            if given:
+                raise ValueError(f"{given} apply to action=import only")
+        if not 0.0 <= self.valid_ratio < 1.0:
+            raise ValueError(f"valid_ratio must be in [0, 1), got {self.valid_ratio}")
+
+
+def run(cfg: RobomimicConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command == "import":
+    if cfg.action == "import":
         buffer = import_robomimic(
-            args.src, args.out, args.obs_keys, args.state_keys, args.filter, args.overwrite
+            cfg.src, cfg.dst, cfg.obs_keys, cfg.state_keys, cfg.filter, cfg.overwrite
         )
         print(
             f"{buffer.path}: {buffer.n_episodes} episodes, {buffer.n_steps} steps, {buffer.keys()}"
         )
     else:
         out = export_robomimic(
-            args.store, args.out, not args.no_next_obs, args.valid_ratio, args.seed, args.overwrite
+            cfg.src, cfg.dst, cfg.next_obs, cfg.valid_ratio, cfg.seed, cfg.overwrite
         )
         print(f"{out}: {os.path.getsize(out) / 1e6:.1f} MB")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``s2policy-robomimic action=import|export src=... dst=...`` (``argv``: in-process)."""
+    from s2policy.configs import run_hydra
+
+    run_hydra("robomimic", "robomimic_io", run, argv)
 
 
 if __name__ == "__main__":

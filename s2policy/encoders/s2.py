@@ -200,6 +200,10 @@ class S2Encoder(nn.Module):
             raise ValueError(f"images must be floating point in [0, 1], got {images.dtype}")
 
 
+#: The backbone name of the blind (state-only) baseline: ``encoder=blind``.
+BLIND = "none"
+
+
 @dataclass
 class EncoderConfig:
     """``configs/encoder/*.yaml``: a backbone and how S² runs it."""
@@ -237,7 +241,7 @@ class EncoderConfig:
 
     @property
     def is_blind(self) -> bool:
-        return self.backbone == "none"
+        return self.backbone == BLIND
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

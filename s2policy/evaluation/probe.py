@@ -5,12 +5,16 @@ the object position (``data/*_pos``, privileged) and to the gripper gap (``state
 on training episodes and scored by R² on held-out episodes. Cheap, CPU-friendly, and a fast
 predictor of which encoders will work.
 
-    python -m s2policy.evaluation.probe --dataset datasets/cube_pick.zarr --encoders micro micro_s2
+    python -m s2policy.evaluation.probe dataset=datasets/cube_pick.zarr encoders=[micro,micro_s2]
+    s2policy-probe encoders=[micro,micro_s2] weights=[random,mae_vit_micro]
+
+(``configs/probe.yaml``, typed by :class:`ProbeConfig`.)
 """
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -99,41 +103,68 @@ def probe_cache(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+@dataclass
+class ProbeConfig:
+    """``configs/probe.yaml``: which dataset, which encoders and weights."""
+
+    dataset: str = "datasets/cube_pick.zarr"
+    #: Names of ``configs/encoder/*.yaml``.
+    encoders: list[str] = field(default_factory=lambda: ["micro", "micro_s2"])
+    #: Encoder weights to compare: null/random (random init), a file, a pretrained name.
+    weights: list[str | None] = field(default_factory=lambda: [None])
+    #: A configs folder holding ``encoder/<name>.yaml``; null: the repository's ``configs/``.
+    configs: str | None = None
+
+    def __post_init__(self):
+        if not self.encoders or not self.weights:
+            raise ValueError("encoders and weights must each list at least one entry")
+
+
+def encoder_config(name: str, weights: str | None = None, configs: str | Path | None = None):
+    """``configs/encoder/<name>.yaml`` as a typed :class:`EncoderConfig`, composed by hydra just
+    as ``encoder=<name>`` is in the other commands; ``weights`` replaces its weights (None,
+    ``"null"`` or ``"random"``: random init)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from omegaconf import OmegaConf
 
-    from s2policy.encoders.s2 import EncoderConfig, build_encoder
+    from s2policy.configs import CONFIG_DIR, register_configs
+
+    register_configs()
+    backup = get_gh_backup()  # also works inside a running hydra app (restored below)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(Path(configs or CONFIG_DIR).resolve()), version_base="1.3"):
+            cfg = compose("encoder_choice_schema", overrides=[f"+encoder={name}"])
+    finally:
+        restore_gh_from_backup(backup)
+    cfg.encoder.weights = None if weights in (None, "null", "random") else weights
+    return OmegaConf.to_object(cfg.encoder)
+
+
+def run_probe(cfg: ProbeConfig) -> None:
+    from s2policy.encoders.s2 import build_encoder
     from s2policy.features.cache import build_cache
 
-    parser = argparse.ArgumentParser(description="linear-probe R² of encoders on a dataset")
-    parser.add_argument("--dataset", default="datasets/cube_pick.zarr")
-    parser.add_argument(
-        "--encoders",
-        nargs="+",
-        default=["micro", "micro_s2"],
-        help="names of configs/encoder/*.yaml",
-    )
-    parser.add_argument(
-        "--weights",
-        nargs="+",
-        default=[None],
-        help="encoder weights to compare (null/random, a file, a pretrained name)",
-    )
-    parser.add_argument("--configs", default=str(Path(__file__).resolve().parents[2] / "configs"))
-    args = parser.parse_args(argv)
     print("| encoder | weights | object position R² | gripper R² |")
     print("| --- | --- | ---: | ---: |")
-    for name in args.encoders:
-        for weights in args.weights:
-            raw = OmegaConf.load(Path(args.configs) / "encoder" / f"{name}.yaml")
-            raw.weights = None if weights in (None, "null", "random") else weights
-            cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EncoderConfig), raw))
-            cache = build_cache(args.dataset, build_encoder(cfg))
-            r2 = probe_cache(args.dataset, cache)
+    for name in cfg.encoders:
+        for weights in cfg.weights:
+            enc = encoder_config(name, weights, cfg.configs)
+            cache = build_cache(cfg.dataset, build_encoder(enc))
+            r2 = probe_cache(cfg.dataset, cache)
             print(
-                f"| {name} | {raw.weights or 'random'} | {r2.get('object_pos', float('nan')):.3f} "
+                f"| {name} | {enc.weights or 'random'} | {r2.get('object_pos', float('nan')):.3f} "
                 f"| {r2['gripper']:.3f} |"
             )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``s2policy-probe dataset=... encoders=[...] weights=[...]`` (``argv``: in-process)."""
+    from s2policy.configs import run_hydra
+
+    run_hydra("probe", "probe", run_probe, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Success tables per task x backbone x scales x policy x randomization, a summary across
 tasks, and a success-vs-GFLOPs plot.
 
-    python -m s2policy.evaluation.report multirun/cube_pick outputs/cube_pick --out reports/cube
-    python -m s2policy.evaluation.report multirun --tasks cube_pick place stack push
+    python -m s2policy.evaluation.report runs=[multirun/cube_pick,outputs/cube_pick] out=reports/x
+    s2policy-report runs=[multirun] tasks=[cube_pick,place,stack,push]
+
+(``configs/report.yaml``, typed by :class:`ReportConfig`.)
 
 Each argument is a ``results.json`` or a folder searched for ``**/eval*/results.json`` (a run's
 ``eval/`` and, say, ``eval_heldout/``). Episodes are pooled over the training seeds of one
@@ -17,16 +19,18 @@ task's variance Agresti-Coull-adjusted: (k + 2) / (n + 4), so 0 % tasks still co
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
+from s2policy.encoders.s2 import BLIND
 from s2policy.evaluation.stats import success_rate
 
 COLUMNS = ["task", "demos", "dataset", "backbone", "scales", "weights", "params_M",
@@ -78,6 +82,7 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for key, runs in sorted(groups.items(), key=str):
         task, dataset, demos, backbone, scales, weights, policy, rand = key
+        blind = backbone == BLIND
         wins = sum(r["successes"] for r in runs)
         n = sum(r["n_episodes"] for r in runs)
         rate = success_rate(wins, n)
@@ -95,9 +100,9 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "task": task,
                 "demos": demos,
                 "dataset": dataset,
-                "backbone": "blind (state only)" if backbone == "none" else backbone,
-                "scales": "-" if backbone == "none" else "(" + ", ".join(map(str, scales)) + ")",
-                "weights": "-" if backbone == "none" else (weights or "random"),
+                "backbone": "blind (state only)" if blind else backbone,
+                "scales": "-" if blind else "(" + ", ".join(map(str, scales)) + ")",
+                "weights": "-" if blind else (weights or "random"),
                 "params_M": runs[0]["encoder"]["params"] / 1e6,
                 "gflops_per_img": runs[0]["encoder"]["gflops_per_image"],
                 "encoder_ms": float(np.mean(enc_ms)) if enc_ms else 0.0,
@@ -284,18 +289,44 @@ def write_report(
     return md, [*written, plot(rows, out / "success_vs_gflops.png", tasks)]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="success table and plot from evaluation results")
-    parser.add_argument("runs", nargs="+", help="results.json files or folders to search")
-    parser.add_argument("--out", default=None, help="output folder (default: <first run>/report)")
-    parser.add_argument("--tasks", nargs="+", help="only these tasks, in this order")
-    args = parser.parse_args(argv)
-    first = Path(args.runs[0])
-    out = args.out or (first.parent if first.is_file() else first) / "report"
-    md, written = write_report(args.runs, out, args.tasks)
+@dataclass
+class ReportConfig:
+    """``configs/report.yaml``: which results, where the report goes."""
+
+    #: ``results.json`` files or folders searched for ``**/eval*/results.json``.
+    runs: list[str] = field(default_factory=list)
+    #: Output folder; null: ``<first run>/report`` (beside a results.json given as a file).
+    out: str | None = None
+    #: Only these tasks, in this order (null: every task found, sorted).
+    tasks: list[str] | None = None
+
+    def __post_init__(self):
+        if not self.runs:
+            raise ValueError(
+                "runs must name at least one results.json or folder, e.g. runs=[multirun/cube_pick]"
+            )
+        if self.tasks is not None and not self.tasks:
+            raise ValueError("tasks must not be an empty list (null: every task found)")
+
+    def out_dir(self) -> Path:
+        first = Path(self.runs[0])
+        return (
+            Path(self.out) if self.out else (first.parent if first.is_file() else first) / "report"
+        )
+
+
+def run_report(cfg: ReportConfig) -> None:
+    md, written = write_report(cfg.runs, cfg.out_dir(), cfg.tasks)
     print(md)
     for path in written:
         print(f"wrote {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``s2policy-report runs=[...] out=... tasks=[...]`` (``argv``: in-process arguments)."""
+    from s2policy.configs import run_hydra
+
+    run_hydra("report", "report", run_report, argv)
 
 
 if __name__ == "__main__":

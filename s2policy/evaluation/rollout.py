@@ -24,6 +24,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from s2policy.encoders.s2 import BLIND
 from s2policy.evaluation.config import EvalConfig
 from s2policy.evaluation.stats import success_rate
 from s2policy.evaluation.video import write_episode_video
@@ -49,7 +50,7 @@ def check_checkpoint(cfg: EvalConfig, trained: TrainedPolicy) -> None:
         return
     if cfg.encoder.is_blind and trained.is_blind:
         return
-    have = trained.encoder.config.to_dict() if trained.encoder else {"backbone": "none"}
+    have = trained.encoder.config.to_dict() if trained.encoder else {"backbone": BLIND}
     wanted = cfg.encoder.to_dict()
     diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
     if diff:
@@ -204,7 +205,7 @@ def encoder_summary(trained: TrainedPolicy, runner: PolicyRunner, task: TaskConf
     """Backbone, scales, weights, parameters and GFLOPs per image of the policy's encoder."""
     if trained.encoder is None:
         return {
-            "backbone": "none",
+            "backbone": BLIND,
             "scales": [],
             "weights": None,
             "params": 0,

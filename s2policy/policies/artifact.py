@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from s2policy.data.normalizer import Normalizer
-from s2policy.encoders.s2 import EncoderConfig
+from s2policy.encoders.s2 import BLIND, EncoderConfig
 from s2policy.fileio import swap_in
 from s2policy.policies.base import POLICIES, Policy, make_policy
 from s2policy.task import TaskConfig
@@ -205,7 +205,7 @@ def load(
         )
     enc = info.get("encoder")
     encoder = None
-    if enc and enc.get("config") and enc["config"].get("backbone") != "none":
+    if enc and enc.get("config") and enc["config"].get("backbone") != BLIND:
         encoder = EncoderInfo(EncoderConfig(**enc["config"]), enc["spec"], enc["dtype"])
     if (encoder is None) != (not policy.shape_meta["features"]):
         raise ValueError(

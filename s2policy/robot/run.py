@@ -145,51 +145,44 @@ def run_robot(
     return summary
 
 
-def main() -> None:
-    import hydra
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
+def _run(cfg: RobotRunConfig) -> None:
+    logging.getLogger("s2policy").setLevel(logging.INFO)
+    last = [0.0]
 
-    import envs  # noqa: F401  (headless GL backend before mujoco)
+    def on_tick(report: EpisodeReport) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 and report.inference_ms:
+            last[0] = now
+            print(
+                f"\repisode seed {report.seed} tick {report.ticks:4d}  inference "
+                f"{report.inference_ms[-1]:6.1f} ms  held {report.held_ticks}",
+                end="",
+                flush=True,
+            )
 
-    ConfigStore.instance().store(name="robot_run", node=RobotRunConfig)
+    summary = run_robot(cfg, on_tick)
+    print()
+    inf, jit = summary["inference_ms"], summary["period_jitter_ms"]
+    print(
+        f"episodes {summary['episodes']}, ticks {summary['ticks']} at {summary['hz']} Hz, "
+        f"success {summary['successes']}/{summary['episodes']}"
+    )
+    if inf:
+        print(f"inference ms p50 {inf['p50']:.1f}  p95 {inf['p95']:.1f}  p99 {inf['p99']:.1f}")
+    print(
+        f"control-period jitter ms p50 {jit['p50']:.2f}  p95 {jit['p95']:.2f}  max {jit['max']:.2f}"
+    )
+    print(
+        f"safety events {summary['safety_events'] or 'none'}; held ticks "
+        f"{summary['held_ticks']}; log {summary['log']}"
+    )
 
-    @hydra.main(version_base="1.3", config_path=None, config_name="robot_run")
-    def app(dict_cfg) -> None:
-        cfg = OmegaConf.to_object(dict_cfg)
-        logging.getLogger("s2policy").setLevel(logging.INFO)
-        last = [0.0]
 
-        def on_tick(report: EpisodeReport) -> None:
-            now = time.monotonic()
-            if now - last[0] >= 1.0 and report.inference_ms:
-                last[0] = now
-                print(
-                    f"\repisode seed {report.seed} tick {report.ticks:4d}  inference "
-                    f"{report.inference_ms[-1]:6.1f} ms  held {report.held_ticks}",
-                    end="",
-                    flush=True,
-                )
+def main(argv: list[str] | None = None) -> None:
+    """The robot loop on a checkpoint (``configs/robot.yaml``; console script s2policy-robot)."""
+    from s2policy.configs import run_hydra
 
-        summary = run_robot(cfg, on_tick)
-        print()
-        inf, jit = summary["inference_ms"], summary["period_jitter_ms"]
-        print(
-            f"episodes {summary['episodes']}, ticks {summary['ticks']} at {summary['hz']} Hz, "
-            f"success {summary['successes']}/{summary['episodes']}"
-        )
-        if inf:
-            print(f"inference ms p50 {inf['p50']:.1f}  p95 {inf['p95']:.1f}  p99 {inf['p99']:.1f}")
-        print(
-            f"control-period jitter ms p50 {jit['p50']:.2f}  p95 {jit['p95']:.2f}  "
-            f"max {jit['max']:.2f}"
-        )
-        print(
-            f"safety events {summary['safety_events'] or 'none'}; held ticks "
-            f"{summary['held_ticks']}; log {summary['log']}"
-        )
-
-    app()
+    run_hydra("robot", "robot_run", _run, argv)
 
 
 if __name__ == "__main__":

@@ -256,9 +256,27 @@ def test_missing_file_and_bad_export_arguments(demo_store, tmp_path):
 
 
 def test_cli_round_trip(demo_store, tmp_path, capsys):
-    robomimic_io.main(["export", str(demo_store), str(tmp_path / "d.hdf5"), "--no-next-obs"])
-    robomimic_io.main(["import", str(tmp_path / "d.hdf5"), str(tmp_path / "d.zarr")])
+    hdf5, zarr = tmp_path / "d.hdf5", tmp_path / "d.zarr"
+    robomimic_io.main(["action=export", f"src={demo_store}", f"dst={hdf5}", "next_obs=false"])
+    robomimic_io.main(["action=import", f"src={hdf5}", f"dst={zarr}", "obs_keys=[front_image]"])
     out = capsys.readouterr().out
     assert "d.hdf5" in out and "6 episodes" in out
     with h5py.File(tmp_path / "d.hdf5") as f:
         assert "next_obs" not in f["data/demo_0"]
+    keys = ReplayBuffer.open(zarr).keys()
+    assert "front" in keys and "action" in keys and "state" not in keys
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["action=import", "src=a", "dst=b", "state_key=[x]"], "Key 'state_key' not in"),
+        (["action=upload", "src=a", "dst=b"], "action must be one of ('import', 'export')"),
+        (["action=export", "src=a", "dst=b", "filter=train"], "['filter'] apply to action=import"),
+        (["action=import", "src=a"], "missing mandatory value: dst"),
+    ],
+)
+def test_cli_bad_arguments_are_clear_errors(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        robomimic_io.main(argv)
+    assert message in capsys.readouterr().err

@@ -34,7 +34,7 @@ def test_probe_on_a_cache(demo_store, capsys):
     assert set(r2) == {"object_pos", "gripper"} and all(
         np.isfinite(v) and v <= 1 for v in r2.values()
     )
-    main(["--dataset", str(demo_store), "--encoders", "nano"])
+    main([f"dataset={demo_store}", "encoders=[nano]"])
     assert "| nano | random |" in capsys.readouterr().out
 
 
@@ -52,3 +52,21 @@ def test_constant_target_dimensions_are_left_out(tmp_path):
         buf.add_episode({"cube_pos": cube, "goal_pos": goal, "state": state})
     targets = probe_targets(buf)
     assert targets["object_pos"].shape == (10, 4)  # cube x, y, z and goal x
+
+
+def test_encoder_config_is_composed_by_hydra():
+    from s2policy.evaluation.probe import encoder_config
+
+    cfg = encoder_config("micro_s2", "random")
+    assert isinstance(cfg, EncoderConfig) and cfg.backbone == "vit_micro" and cfg.weights is None
+    assert list(cfg.scales) == [64, 128]
+    assert encoder_config("nano", "mae_vit_micro").weights == "mae_vit_micro"
+
+
+def test_cli_bad_keys_are_clear_errors(capsys):
+    with pytest.raises(SystemExit):
+        main(["encodrs=[nano]"])
+    assert "Key 'encodrs' not in 'ProbeConfig'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["encoders=[no_such_encoder]"])
+    assert "no_such_encoder" in capsys.readouterr().err

@@ -67,7 +67,7 @@ def test_report_files(tmp_path):
     assert len(rows) == 3
     png = tmp_path / "report" / "success_vs_gflops.png"
     assert png in files and png.read_bytes()[:4] == b"\x89PNG"
-    main([str(runs), "--out", str(tmp_path / "cli")])
+    main([f"runs=[{runs}]", f"out={tmp_path / 'cli'}"])
     assert (tmp_path / "cli" / "report.md").read_text() == md
 
 
@@ -111,7 +111,7 @@ def test_multi_task_report_has_one_table_per_task_and_a_summary(tmp_path):
     summary = list(csv.DictReader((tmp_path / "report" / "summary.csv").open()))
     assert tmp_path / "report" / "summary.csv" in files and len(summary) == 4
     assert {r["randomization"] for r in summary} == {"off", "heldout (demos: off)"}
-    main([str(runs), "--out", str(tmp_path / "all")])
+    main([f"runs=[{runs}]", f"out={tmp_path / 'all'}"])
     assert "### push" in (tmp_path / "all" / "report.md").read_text()
 
 
@@ -129,3 +129,24 @@ def test_runs_on_other_datasets_are_not_pooled():
         (50, 0.2, 10),
         (200, 0.8, 10),
     ]
+
+
+def test_cli_tasks_and_default_out(tmp_path, capsys):
+    runs = write_runs(tmp_path / "multirun", MULTI)
+    main([f"runs=[{runs}]", "tasks=[stack,cube_pick]"])
+    md = (runs / "report" / "report.md").read_text()  # default: <first run>/report
+    assert md.index("### stack") < md.index("### cube_pick") and "### push" not in md
+    assert f"wrote {runs / 'report' / 'summary.csv'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["runs=[x]", "tsks=[place]"], "Key 'tsks' not in 'ReportConfig'"),
+        (["out=x"], "runs must name at least one"),
+    ],
+)
+def test_cli_bad_keys_are_clear_errors(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err

@@ -1,0 +1,108 @@
+"""The command lines: every console script resolves to a callable, the hydra commands run with
+``key=value`` arguments as console scripts, and misspelt keys fail with a message naming them."""
+
+import importlib
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from s2policy import cli
+from s2policy.configs import CONFIG_DIR
+
+tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_config_dir_is_the_repositorys():
+    assert CONFIG_DIR == ROOT / "configs" and (CONFIG_DIR / "report.yaml").is_file()
+
+
+def test_every_console_script_resolves_to_a_callable():
+    expected = {"collect", "cache", "train", "eval", "report", "probe", "robot", "robomimic"}
+    assert {f"s2policy-{name}" for name in expected | {"pretrain"}} == set(SCRIPTS)
+    for name, target in SCRIPTS.items():
+        module, _, attr = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), name
+
+
+@pytest.mark.parametrize(
+    ("script", "function"),
+    [
+        ("collect_demos.py", cli.collect_main),
+        ("cache_features.py", cli.cache_main),
+        ("train_policy.py", cli.train_main),
+        ("eval_rollouts.py", cli.eval_main),
+        ("pretrain_mae.py", cli.pretrain_main),
+    ],
+)
+def test_top_level_scripts_are_shims_of_the_console_scripts(script, function):
+    assert runpy.run_path(str(ROOT / script), run_name="shim")["main"] is function
+    assert f"s2policy.cli:{function.__name__}" in SCRIPTS.values()
+
+
+def _console(name: str, *args, cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / name
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-c", _entry_code(name)]
+    return subprocess.run([*cmd, *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+def _entry_code(name: str) -> str:
+    module, _, attr = SCRIPTS[name].partition(":")
+    return f"import sys; sys.argv[0] = {name!r}; from {module} import {attr}; {attr}()"
+
+
+def _result(task: str, backbone: str, successes: int) -> dict:
+    return {
+        "task": task,
+        "encoder": {"backbone": backbone, "scales": [64], "weights": None, "params": 1e5,
+                    "gflops_per_image": 0.06},
+        "policy": "mlp",
+        "successes": successes,
+        "n_episodes": 10,
+        "success_rate": successes / 10,
+        "latency": {},
+    }  # fmt: skip
+
+
+def test_report_console_script_runs_and_leaves_no_hydra_output(tmp_path):
+    for task, backbone, wins in [("place", "vit_micro", 4), ("push", "none", 1)]:
+        path = tmp_path / "multirun" / task / f"{backbone}_mlp_seed0" / "eval" / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(_result(task, backbone, wins)))
+    proc = _console(
+        "s2policy-report", "runs=[multirun]", "tasks=[push,place]", "out=rep", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "### Summary across tasks" in proc.stdout and "blind (state only)" in proc.stdout
+    assert (tmp_path / "rep" / "success_vs_gflops.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun", "rep"]  # no outputs/, logs
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "key"),
+    [
+        ("s2policy-report", ["runs=[x]", "output=y"], "output"),
+        ("s2policy-probe", ["dataset=x", "weigths=[random]"], "weigths"),
+        ("s2policy-robomimic", ["action=export", "src=a", "dst=b", "valid=0.2"], "valid"),
+        ("s2policy-eval", ["checkpoint=x", "n_episode=3"], "n_episode"),
+    ],
+)
+def test_console_scripts_name_a_misspelt_key(tmp_path, name, args, key):
+    proc = _console(name, *args, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert f"Key '{key}' not in" in proc.stderr, proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["s2policy-report", "s2policy-probe", "s2policy-robomimic"])
+def test_help_shows_the_usage_and_the_keys(name, capsys):
+    module, _, attr = SCRIPTS[name].partition(":")
+    with pytest.raises(SystemExit) as exit:
+        getattr(importlib.import_module(module), attr)(["--help"])
+    out = capsys.readouterr().out
+    assert exit.value.code == 0 and out.startswith(f"{name}: ") and "Usage:" in out
