@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,16 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.optimization import get_cosine_schedule_with_warmup
 from safetensors.torch import load_file, save_file
 
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.backbones import build_backbone
 from s2policy.encoders.preprocess import frames_to_tensor
-from s2policy.fileio import swap_in
 from s2policy.pretraining.mae import MaskedAutoencoder, s2_tiles
-from s2policy.runtime import DTYPES, resolve_device, resolve_dtype
+from s2policy.runtime import resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
+from s2policy.training.trainer import STATE_FILE, Trainer, read_state
 
 logger = logging.getLogger(__name__)
 
@@ -144,24 +141,27 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
     ).to(device)
     mean = torch.tensor(bcfg["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(bcfg["std"], device=device).view(1, 3, 1, 1)
-    opt = torch.optim.AdamW(
-        mae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95)
-    )
-    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     mask_gen = torch.Generator(device).manual_seed(cfg.seed + 1)
-    step, ckpt = 0, out / "checkpoint"
-    if cfg.resume and (ckpt / "training_state.pt").is_file():
+    trainer = Trainer(
+        mae,
+        cfg,
+        out,
+        device=device,
+        dtype=dtype,
+        samples_per_step=cfg.batch_size,
+        betas=(0.9, 0.95),
+        grad_clip=1.0,
+        generators={"data_rng": data_gen, "mask_rng": mask_gen},
+        rate_key="images_per_s",
+    )
+    ckpt = out / "checkpoint"
+    if cfg.resume and (ckpt / STATE_FILE).is_file():
         mae.load_state_dict(load_file(str(ckpt / "mae.safetensors")))
-        state = torch.load(ckpt / "training_state.pt", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        data_gen.set_state(state["data_rng"])
-        mask_gen.set_state(state["mask_rng"].to(mask_gen.get_state().device))
-        step = int(state["step"])
-        logger.info("resumed MAE pretraining at step %d", step)
+        logger.info("resumed MAE pretraining at step %d", trainer.resume(read_state(ckpt)))
 
     def batch() -> torch.Tensor:
+        """Frames drawn at one of ``cfg.scales``, normalized and cut into S²-style tiles."""
         rows = torch.randint(0, len(frames), (cfg.batch_size,), generator=data_gen).numpy()
         scale = cfg.scales[int(torch.randint(0, len(cfg.scales), (1,), generator=data_gen))]
         images = (frames_to_tensor(frames[np.sort(rows)], device) - mean) / std
@@ -171,57 +171,16 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
             tiles = tiles[pick.to(device)]
         return tiles
 
-    def save_state() -> None:
-        tmp = out / "checkpoint.new"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file(
-            {k: v.contiguous() for k, v in mae.state_dict().items()}, str(tmp / "mae.safetensors")
-        )
-        torch.save(
-            {
-                "step": step,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "data_rng": data_gen.get_state(),
-                "mask_rng": mask_gen.get_state().cpu(),
-            },
-            tmp / "training_state.pt",
-        )
-        swap_in(tmp, ckpt)
+    def save_mae(folder: Path) -> None:
+        weights = {k: v.contiguous() for k, v in mae.state_dict().items()}
+        save_file(weights, str(folder / "mae.safetensors"))
 
-    metrics = (out / "metrics.jsonl").open("a" if step else "w")
-    autocast = dict(device_type=device.type, dtype=DTYPES[dtype], enabled=dtype != "float32")
-    losses, start = [], time.perf_counter()
-    try:
-        while step < cfg.steps:
-            images = batch()
-            with torch.autocast(**autocast):
-                loss, _, _ = mae(images, mask_gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(mae.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(loss.item())
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                elapsed = time.perf_counter() - start
-                record = {
-                    "step": step,
-                    "loss": float(np.mean(losses)),
-                    "lr": sched.get_last_lr()[0],
-                    "images_per_s": len(losses) * cfg.batch_size / elapsed,
-                }
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                losses, start = [], time.perf_counter()
-                if on_log is not None:
-                    on_log(record)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                save_state()
-    finally:
-        metrics.close()
+    trainer.run(
+        next_batch=batch,
+        loss=lambda images: mae(images, mask_gen)[0],
+        on_checkpoint=lambda: trainer.save_checkpoint(save_mae),
+        on_log=on_log,
+    )
     return save_weights(cfg, mae, bcfg, frames, out)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from torch.nn.parallel import DistributedDataParallel
 
@@ -26,6 +24,7 @@ from s2policy.runtime import autocast, init_distributed, resolve_device, resolve
 from s2policy.task import TaskConfig
 from s2policy.training.config import RunConfig
 from s2policy.training.dataset import CachedFeatureData, WindowSpec
+from s2policy.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -140,39 +139,43 @@ def train(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None
 
 def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train ``cfg.policy``; returns the final checkpoint and the cache it was trained on."""
-    rank, world = init_distributed()
-    device = resolve_device(cfg.train.device)
-    dtype = resolve_dtype(cfg.train.dtype, device)
+    tcfg, (rank, world) = cfg.train, init_distributed()
+    device = resolve_device(tcfg.device)
+    dtype = resolve_dtype(tcfg.dtype, device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.train.seed + rank)
+    torch.manual_seed(tcfg.seed + rank)
     prepared = prepare_data(cfg, device, dtype)
     data = prepared.data
     policy = make_policy(
         cfg.policy, data.shape_meta, fit_normalizer(data, cfg.policy.normalize_features)
     )
     policy.to(device)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.train.warmup_steps, cfg.train.steps)
     ema = None
     if getattr(cfg.policy, "use_ema", False):
         ema = EMAModel(policy.parameters(), power=cfg.policy.ema_power, use_ema_warmup=True)
-    data_gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + rank)
-    noise_gen = torch.Generator(device).manual_seed(cfg.train.seed * 104729 + rank)
-    step = 0
-    if cfg.train.resume and (out / "checkpoint").exists():
+    generators = {
+        "data_rng": torch.Generator().manual_seed(tcfg.seed * 7919 + rank),
+        "noise_rng": torch.Generator(device).manual_seed(tcfg.seed * 104729 + rank),
+        "torch_rng": torch.default_generator,  # dropout and the like draw from the global RNG
+    }
+    trainer = Trainer(
+        policy,
+        tcfg,
+        out,
+        device=device,
+        dtype=dtype,
+        samples_per_step=tcfg.batch_size * world,
+        grad_clip=tcfg.grad_clip,
+        ema=ema,
+        generators=generators,
+        rank=rank,
+        loss_key="train_loss",
+    )
+    if tcfg.resume and (out / "checkpoint").exists():
         weights, state = load_training_state(out)
         policy.load_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        data_gen.set_state(state["data_rng"])
-        noise_gen.set_state(state["noise_rng"].to(noise_gen.get_state().device))
-        torch.set_rng_state(state["torch_rng"])
-        step = int(state["step"])
-        logger.info("resumed %s at step %d", out, step)
+        logger.info("resumed %s at step %d", out, trainer.resume(state))
     model = DistributedDataParallel(policy) if world > 1 else policy
     provenance = prepared.provenance(cfg)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
@@ -180,71 +183,22 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
     def checkpoint() -> Path | None:
         if rank != 0:
             return None
-        ema_state = None
-        if ema is not None:
-            ema.store(policy.parameters())
-            ema.copy_to(policy.parameters())
-            ema_state = {k: v.clone() for k, v in policy.state_dict().items()}
-            ema.restore(policy.parameters())
-        state = {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "data_rng": data_gen.get_state(),
-            "noise_rng": noise_gen.get_state().cpu(),
-            "torch_rng": torch.get_rng_state(),
-            "ema": ema.state_dict() if ema else None,
-        }
-        return save(
-            out, policy, prepared.task, prepared.encoder, provenance, step, ema_state, state
-        )
+        state = trainer.state()
+        state.setdefault("ema", None)  # a policy's training state always names its EMA
+        task, encoder, step = prepared.task, prepared.encoder, trainer.step
+        return save(out, policy, task, encoder, provenance, step, trainer.ema_weights(), state)
 
-    metrics = (out / "metrics.jsonl").open("a" if step else "w") if rank == 0 else None
-    window_loss, window_start = [], time.perf_counter()
-    try:
-        while step < cfg.train.steps:
-            policy.train()
-            batch = data.sample(cfg.train.batch_size, data_gen)
-            with autocast(device, dtype):
-                loss = model(batch, generator=noise_gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.step(policy.parameters())
-            step += 1
-            window_loss.append(loss.item())
-            record = None
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                elapsed = time.perf_counter() - window_start
-                record = {
-                    "step": step,
-                    "train_loss": float(np.mean(window_loss)),
-                    "lr": scheduler.get_last_lr()[0],
-                    "samples_per_s": len(window_loss) * cfg.train.batch_size * world / elapsed,
-                }
-                window_loss, window_start = [], time.perf_counter()
-            if (step % cfg.train.val_every == 0 or step == cfg.train.steps) and data.n_windows(
-                "val"
-            ):
-                record = {
-                    **(record or {"step": step}),
-                    "val_loss": validate(policy, data, cfg.train.batch_size, device, dtype),
-                }
-            if record is not None and rank == 0:
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                if on_log is not None:
-                    on_log(record)
-            if step % cfg.train.ckpt_every == 0 and step < cfg.train.steps:
-                checkpoint()
-        final = checkpoint()
-    finally:
-        if metrics is not None:
-            metrics.close()
+    def validation() -> dict[str, float]:
+        return {"val_loss": validate(policy, data, tcfg.batch_size, device, dtype)}
+
+    final = trainer.run(
+        next_batch=lambda: data.sample(tcfg.batch_size, generators["data_rng"]),
+        loss=lambda batch: model(batch, generator=generators["noise_rng"]),
+        on_checkpoint=checkpoint,
+        on_log=on_log,
+        validate=validation if data.n_windows("val") else None,
+        val_every=tcfg.val_every,
+    )
     if world > 1:
         torch.distributed.barrier()
     return TrainResult(final or out / "checkpoint", prepared.cache)

@@ -1,0 +1,237 @@
+"""The optimization loop shared by policy training (``training/loop.py``) and MAE pretraining
+(``pretraining/train.py``): AdamW with a cosine schedule and warm-up, autocast, gradient
+clipping, optional EMA, random generators saved and restored for a bit-exact resume, windowed
+``metrics.jsonl`` logging and periodic checkpoints.
+
+What a step computes, which batch it sees and what a checkpoint holds besides the training
+state belong to the caller; :meth:`Trainer.run` calls them back in a fixed order.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, TextIO, TypeVar
+
+import numpy as np
+import torch
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+
+from s2policy.fileio import swap_in
+from s2policy.runtime import autocast
+
+#: The file of a checkpoint directory that holds the training state (optimizer, RNG, ...).
+STATE_FILE = "training_state.pt"
+
+Batch = TypeVar("Batch")
+Record = dict[str, Any]
+
+
+def read_state(checkpoint: str | Path) -> dict[str, Any]:
+    """The training state of a checkpoint directory (no code runs: ``weights_only``)."""
+    return torch.load(Path(checkpoint) / STATE_FILE, weights_only=True)
+
+
+class Schedule(Protocol):
+    """The run-config fields a Trainer reads (``TrainConfig`` and ``PretrainConfig`` have them)."""
+
+    steps: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    log_every: int
+    ckpt_every: int
+
+
+class Trainer:
+    """Optimizer, schedule, EMA and random generators of one run, and the loop that drives them.
+
+    AdamW over ``params`` (default: the model's trainable parameters) with ``cfg.lr``,
+    ``cfg.weight_decay`` and ``betas``; a cosine schedule over ``cfg.steps`` after
+    ``cfg.warmup_steps`` of linear warm-up; gradients clipped to norm ``grad_clip`` (0: off).
+    ``generators`` name every random generator a step draws from; their states are saved under
+    those names (``torch.default_generator`` stands for the global torch RNG). ``rank`` > 0
+    writes no metrics and calls no ``on_log``. ``samples_per_step`` (batch size x world size)
+    gives the throughput logged as ``rate_key``; the window's mean loss is ``loss_key``.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: Schedule,
+        out_dir: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: str = "float32",
+        samples_per_step: int = 1,
+        params: Iterable[torch.nn.Parameter] | None = None,
+        betas: tuple[float, float] = (0.9, 0.999),
+        grad_clip: float = 0.0,
+        ema: EMAModel | None = None,
+        generators: dict[str, torch.Generator] | None = None,
+        rank: int = 0,
+        loss_key: str = "loss",
+        rate_key: str = "samples_per_s",
+    ):
+        self.model = model
+        self.params = (
+            [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas
+        )
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, cfg.warmup_steps, cfg.steps
+        )
+        self.steps, self.log_every, self.ckpt_every = cfg.steps, cfg.log_every, cfg.ckpt_every
+        self.out_dir = Path(out_dir)
+        self.device, self.dtype = torch.device(device), dtype
+        self.samples_per_step, self.grad_clip = samples_per_step, grad_clip
+        self.ema = ema
+        self.generators = dict(generators or {})
+        self.rank = rank
+        self.loss_key, self.rate_key = loss_key, rate_key
+        self.step = 0
+        self._window: list[float] = []
+        self._window_start = time.perf_counter()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """``step``, ``optimizer``, ``scheduler``, each generator's state under its name, and
+        ``ema`` when the run keeps an EMA."""
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        for name, gen in self.generators.items():
+            state[name] = gen.get_state().cpu()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def resume(self, state: dict[str, Any]) -> int:
+        """Continue from :meth:`state` (the model's weights are the caller's); returns the step."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        for name, gen in self.generators.items():
+            gen.set_state(state[name].to(gen.get_state().device))
+        self.step = int(state["step"])
+        return self.step
+
+    def ema_weights(self) -> dict[str, torch.Tensor] | None:
+        """A copy of the model's state dict with the EMA weights in place (``None``: no EMA)."""
+        if self.ema is None:
+            return None
+        self.ema.store(self.model.parameters())
+        self.ema.copy_to(self.model.parameters())
+        weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.ema.restore(self.model.parameters())
+        return weights
+
+    def save_checkpoint(self, write: Callable[[Path], None]) -> Path:
+        """Write ``<out_dir>/checkpoint``: ``write(folder)`` adds the model's files, then the
+        training state; built in ``checkpoint.new`` and swapped in whole."""
+        new, final = self.out_dir / "checkpoint.new", self.out_dir / "checkpoint"
+        shutil.rmtree(new, ignore_errors=True)
+        new.mkdir(parents=True)
+        write(new)
+        torch.save(self.state(), new / STATE_FILE)
+        return swap_in(new, final)
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def train_step(self, loss_fn: Callable[[], torch.Tensor]) -> float:
+        """One optimizer step on ``loss_fn()`` (called under autocast); returns the loss."""
+        self.model.train()
+        with autocast(self.device, self.dtype):
+            loss = loss_fn()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.model.parameters())
+        self.step += 1
+        value = loss.item()
+        self._window.append(value)
+        return value
+
+    def window_record(self) -> Record:
+        """``step``, the mean loss, lr and throughput since the last record; starts a new window."""
+        elapsed = time.perf_counter() - self._window_start
+        record = {
+            "step": self.step,
+            self.loss_key: float(np.mean(self._window)),
+            "lr": self.scheduler.get_last_lr()[0],
+            self.rate_key: len(self._window) * self.samples_per_step / elapsed,
+        }
+        self._window, self._window_start = [], time.perf_counter()
+        return record
+
+    def log(
+        self,
+        record: Record,
+        metrics: TextIO | None,
+        on_log: Callable[[Record], None] | None = None,
+    ) -> None:
+        """Append ``record`` to ``metrics.jsonl`` and pass it to ``on_log`` (rank 0 only)."""
+        if self.rank != 0:
+            return
+        if metrics is not None:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+        if on_log is not None:
+            on_log(record)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(
+        self,
+        next_batch: Callable[[], Batch],
+        loss: Callable[[Batch], torch.Tensor],
+        on_checkpoint: Callable[[], Any],
+        on_log: Callable[[Record], None] | None = None,
+        validate: Callable[[], Record] | None = None,
+        val_every: int = 1,
+    ) -> Any:
+        """Train from :attr:`step` to :attr:`steps` and return the final ``on_checkpoint()``.
+
+        Each step draws ``next_batch()`` (outside autocast) and minimizes ``loss(batch)``.
+        Every ``log_every`` steps and at the last, a window record is logged; every
+        ``val_every`` steps and at the last, ``validate()``'s entries are added to it.
+        ``on_checkpoint()`` runs every ``ckpt_every`` steps before the last, and once at the end.
+        ``metrics.jsonl`` is appended to when resuming (``step > 0``), rewritten otherwise.
+        """
+        metrics = None
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            metrics = (self.out_dir / "metrics.jsonl").open("a" if self.step else "w")
+        self._window, self._window_start = [], time.perf_counter()
+        try:
+            while self.step < self.steps:
+                self.train_step(partial(loss, next_batch()))
+                last = self.step == self.steps
+                record = None
+                if self.step % self.log_every == 0 or last:
+                    record = self.window_record()
+                if validate is not None and (self.step % val_every == 0 or last):
+                    record = {**(record or {"step": self.step}), **validate()}
+                if record is not None:
+                    self.log(record, metrics, on_log)
+                if self.step % self.ckpt_every == 0 and not last:
+                    on_checkpoint()
+            return on_checkpoint()
+        finally:
+            if metrics is not None:
+                metrics.close()
