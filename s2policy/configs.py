@@ -26,15 +26,13 @@ def register_configs() -> None:
     from s2policy.policies.diffusion import DiffusionPolicyConfig
     from s2policy.policies.mlp import MLPPolicyConfig
     from s2policy.pretraining.train import PretrainConfig
+    from s2policy.robot.keys import RobotKeysConfig
     from s2policy.robot.run import RobotRunConfig
-    from s2policy.task import TaskConfig
     from s2policy.training.config import RunConfig, TrainConfig
 
     cs = ConfigStore.instance()
     cs.store(name="collect_schema", node=CollectConfig)
     cs.store(name="cache_schema", node=CacheCommandConfig)
-    cs.store(group="task", name="task_schema", node=TaskConfig)
-    cs.store(group="encoder", name="encoder_schema", node=EncoderConfig)
     cs.store(name="run_schema", node=RunConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="pretrain_schema", node=PretrainConfig)
@@ -47,6 +45,7 @@ def register_configs() -> None:
     cs.store(name="encoder_choice_schema", node={"encoder": EncoderConfig})
     cs.store(name="robomimic_schema", node=RobomimicConfig)
     cs.store(name="robot_schema", node=RobotRunConfig)
+    cs.store(name="robot_keys_schema", node=RobotKeysConfig)
 
 
 def to_object(cfg):
@@ -54,6 +53,24 @@ def to_object(cfg):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_object(cfg)
+
+
+def check_choices() -> None:
+    """Refuse a config group choice that names a schema (``policy=mlp_schema``): a schema is
+    what a group's YAML files are checked against, not one of them, and its defaults would run
+    silently."""
+    from hydra.core.hydra_config import HydraConfig
+
+    for group, choice in HydraConfig.get().runtime.choices.items():
+        if group.startswith("hydra") or not isinstance(choice, str):
+            continue
+        if choice.endswith("_schema"):
+            folder = CONFIG_DIR / group.split("@")[0]
+            options = sorted(p.stem for p in folder.glob("*.yaml"))
+            raise ValueError(
+                f"{group}={choice} names the schema of configs/{group.split('@')[0]}/, not a "
+                f"config; choose one of {options}"
+            )
 
 
 def run_hydra(
@@ -75,6 +92,7 @@ def run_hydra(
     register_configs()
 
     def task(dict_cfg) -> None:
+        check_choices()
         body(to_object(dict_cfg))
 
     # hydra names the job after the task function's module (its config path is absolute).

@@ -32,7 +32,7 @@ def run_experiment(
         cfg.eval,
         checkpoint=str(result.checkpoint),
         device=cfg.train.device,
-        task=cfg.task.name,
+        task=cfg.task,
         encoder=cfg.encoder,
     )
     trained = load(result.checkpoint, eval_cfg.use_ema, resolve_device(eval_cfg.device))

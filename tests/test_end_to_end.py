@@ -60,6 +60,8 @@ def test_collect_cache_train_eval_report(tmp_path):
     out = run(
         "eval_rollouts.py",
         f"checkpoint={sweep}/nano_s2_mlp_seed0",
+        "encoder=nano_s2",  # the README's form: assert what it was trained with
+        "task=cube_pick",
         "n_episodes=2",
         "n_videos=0",
         "device=cpu",

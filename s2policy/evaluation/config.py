@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from envs.randomization import Randomization, as_randomization
 from s2policy.encoders.s2 import EncoderConfig
+from s2policy.task import TaskConfig
 
 
 @dataclass
@@ -39,8 +40,9 @@ class EvalConfig:
     ensemble_decay: float | None = None
     #: Predict a new chunk when the newest has at most this many actions left (0: when used up).
     infer_when_remaining: int = 0
-    #: Expected task; the checkpoint must have been trained on it (null: the checkpoint's task).
-    task: str | None = None
+    #: Expected task (``task=<name>``); the checkpoint must have been trained on a task of that
+    #: name (null: the checkpoint's task). Only the name is compared.
+    task: TaskConfig | None = None
     #: Expected encoder; must match the checkpoint's (null: the checkpoint's encoder).
     encoder: EncoderConfig | None = None
     #: Where results.json and videos go; null: ``<run>/eval``.
@@ -51,6 +53,8 @@ class EvalConfig:
 
     def __post_init__(self):
         self.randomization = as_randomization(self.randomization)
+        if isinstance(self.task, str):
+            self.task = TaskConfig(name=self.task)
         if self.n_episodes < 1 or self.n_envs < 1 or self.n_videos < 0:
             raise ValueError("eval: n_episodes and n_envs must be >= 1, n_videos >= 0")
         if self.seeds is not None and not self.seeds:

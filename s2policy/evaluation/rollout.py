@@ -41,9 +41,10 @@ __all__ = ["EvalConfig", "check_checkpoint", "evaluate"]
 def check_checkpoint(cfg: EvalConfig, trained: TrainedPolicy) -> None:
     """Refuse a checkpoint of another task or encoder than the ones the config expects."""
     trained_on = trained.task.name
-    if cfg.task is not None and cfg.task != trained_on:
+    if cfg.task is not None and cfg.task.name != trained_on:
         raise ValueError(
-            f"checkpoint {cfg.checkpoint} was trained on task {trained_on!r}, not {cfg.task!r}; "
+            f"checkpoint {cfg.checkpoint} was trained on task {trained_on!r}, not "
+            f"{cfg.task.name!r}; "
             "evaluate it on its own task or pick a checkpoint of this one"
         )
     if cfg.encoder is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,17 +152,25 @@ def save(
     return swap_in(new, final)
 
 
+def _complete(ckpt: Path) -> bool:
+    """``policy.json`` is written last: a directory that has it (and the weights) is whole."""
+    return (ckpt / "policy.json").is_file() and (ckpt / "model.safetensors").is_file()
+
+
 def checkpoint_dir(path: str | Path) -> Path:
-    """Accept a run directory or its ``checkpoint/``; recover a swap interrupted by a crash."""
+    """Accept a run directory or its ``checkpoint/``. When a crash interrupted the swap of a new
+    checkpoint (``checkpoint/`` missing), the whole ``checkpoint.new/`` is the newest, else the
+    whole ``checkpoint.old/`` (read in place: loading never renames anything)."""
     path = Path(path)
-    if (path / "checkpoint").is_dir() or (path / "checkpoint.new" / "policy.json").is_file():
-        path = path / "checkpoint"
-    if (
-        not (path / "policy.json").is_file()
-        and (path.parent / "checkpoint.new" / "policy.json").is_file()
+    if path.name != "checkpoint" and any(
+        (path / name).is_dir() for name in ("checkpoint", "checkpoint.new", "checkpoint.old")
     ):
-        return path.parent / "checkpoint.new"
-    if not (path / "policy.json").is_file() or not (path / "model.safetensors").is_file():
+        path = path / "checkpoint"
+    if path.name == "checkpoint" and not _complete(path):
+        for name in ("checkpoint.new", "checkpoint.old"):
+            if _complete(path.parent / name):
+                return path.parent / name
+    if not _complete(path):
         raise FileNotFoundError(
             f"no policy checkpoint at {path} (expected policy.json + model.safetensors, written "
             "by train_policy.py into outputs/<run>/checkpoint)"
@@ -197,7 +206,13 @@ def load(
     policy = make_policy(cfg, info["shape_meta"], Normalizer.from_state(info["normalizer"]))
     has_ema = bool(info.get("has_ema"))
     weights = ckpt / ("ema.safetensors" if use_ema and has_ema else "model.safetensors")
-    missing, unexpected = policy.load_state_dict(load_file(str(weights)), strict=False)
+    try:
+        missing, unexpected = policy.load_state_dict(read_weights(weights), strict=False)
+    except RuntimeError as err:  # tensor shapes that do not fit the policy config
+        raise ValueError(
+            f"{weights} does not fit the policy described by {ckpt}/policy.json (tensor shapes "
+            "differ: was policy.json edited?); restore the checkpoint or retrain"
+        ) from err
     if missing or unexpected:
         raise ValueError(
             f"{weights} does not match policy {name!r}: missing {missing[:5]}, "
@@ -229,10 +244,52 @@ def load(
     )
 
 
+def recover(run_dir: str | Path) -> Path | None:
+    """Finish a checkpoint swap that a crash interrupted (the same choice as
+    :func:`checkpoint_dir`: the whole ``checkpoint.new``, else the whole ``checkpoint.old``,
+    renamed to ``checkpoint``) before a run resumes; returns the checkpoint, or ``None`` when the
+    run has none. Nothing is deleted."""
+    run_dir = Path(run_dir)
+    final = run_dir / "checkpoint"
+    if _complete(final):
+        return final
+    for name in ("checkpoint.new", "checkpoint.old"):
+        candidate = run_dir / name
+        if _complete(candidate):
+            if final.exists():  # an incomplete directory in the way: keep it aside
+                final.rename(run_dir / f"checkpoint.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+            candidate.rename(final)
+            return final
+    return None
+
+
+def read_weights(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, or one sentence saying it is damaged."""
+    try:
+        return load_file(str(file))
+    except Exception as err:  # noqa: BLE001  (safetensors raises several types)
+        raise ValueError(
+            f"{file} is not a readable safetensors file ({type(err).__name__}: {err}); the "
+            "checkpoint is damaged: restore it from a copy or retrain"
+        ) from err
+
+
+def read_training_state(file: Path) -> dict[str, Any]:
+    """``training_state.pt`` as plain tensors and containers (no code runs), or one sentence."""
+    try:
+        return torch.load(file, weights_only=True)
+    except Exception as err:  # noqa: BLE001  (pickle and zip errors of several types)
+        raise ValueError(
+            f"{file} is not a plain tensor file that s2policy wrote (it is damaged, or it would "
+            "need code to run to load); it is not loaded: remove the run's checkpoint to train "
+            "from scratch, or restore the file"
+        ) from err
+
+
 def load_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Policy weights and training state of a checkpoint (for resuming)."""
     ckpt = checkpoint_dir(path)
     state_file = ckpt / "training_state.pt"
     if not state_file.is_file():
         raise FileNotFoundError(f"{ckpt} has no training_state.pt; it cannot be resumed")
-    return load_file(str(ckpt / "model.safetensors")), torch.load(state_file, weights_only=True)
+    return read_weights(ckpt / "model.safetensors"), read_training_state(state_file)

@@ -36,6 +36,10 @@ class RobotRunConfig:
     robot: str = "sim"
     address: str = "tcp://127.0.0.1:5555"
     timeout_ms: int = 1000
+    #: CURVE keys (``python -m s2policy.robot.keys``) for ``robot=remote``: this client's
+    #: ``<name>.key_secret`` and the server's public ``<name>.key``; null: no keys (loopback).
+    client_secret_file: str | None = None
+    server_public_file: str | None = None
     #: Control rate; null: the task's.
     hz: float | None = None
     episodes: int = 3
@@ -96,7 +100,12 @@ def run_robot(
         robot = (
             SimRobot(task, max_episode_steps=cfg.max_ticks)
             if cfg.robot == "sim"
-            else RemoteRobot(cfg.address, cfg.timeout_ms)
+            else RemoteRobot(
+                cfg.address,
+                cfg.timeout_ms,
+                client_secret_file=cfg.client_secret_file,
+                server_public_file=cfg.server_public_file,
+            )
         )
     spec = robot.spec()
     check_robot(spec, trained)

@@ -19,7 +19,15 @@ from s2policy.data.normalizer import Normalizer
 from s2policy.encoders.s2 import build_encoder
 from s2policy.features.cache import CacheInfo, build_cache, open_cache
 from s2policy.policies import make_policy
-from s2policy.policies.artifact import EncoderInfo, Provenance, load_training_state, save
+from s2policy.policies.artifact import (
+    EncoderInfo,
+    Provenance,
+    TrainedPolicy,
+    load,
+    load_training_state,
+    recover,
+    save,
+)
 from s2policy.runtime import autocast, init_distributed, resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
 from s2policy.training.config import RunConfig
@@ -172,8 +180,10 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
         rank=rank,
         loss_key="train_loss",
     )
-    if tcfg.resume and (out / "checkpoint").exists():
-        weights, state = load_training_state(out)
+    ckpt = recover(out) if tcfg.resume else None
+    if ckpt is not None:
+        check_resume(cfg, prepared, load(ckpt))
+        weights, state = load_training_state(ckpt)
         policy.load_state_dict(weights)
         logger.info("resumed %s at step %d", out, trainer.resume(state))
     model = DistributedDataParallel(policy) if world > 1 else policy
@@ -202,6 +212,56 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
     if world > 1:
         torch.distributed.barrier()
     return TrainResult(final or out / "checkpoint", prepared.cache)
+
+
+#: Run-config fields that may change when a run resumes: the length of the run, where and how
+#: often it logs and saves, and what happens after it. Any other difference is refused.
+RESUMABLE = (
+    "train.steps",
+    "train.resume",
+    "train.device",
+    "train.log_every",
+    "train.val_every",
+    "train.ckpt_every",
+    "train.build_cache",
+    "train.cache_batch_size",
+    "train.cache_chunk_steps",
+    "eval.",
+    "output_dir",
+    "run_name",
+)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def check_resume(cfg: RunConfig, prepared: PreparedData, trained: TrainedPolicy) -> None:
+    """Refuse to resume a run whose checkpoint was trained with another config or encoder
+    (one policy must not be trained on two encoders), listing the fields that differ."""
+    before = _flatten(json.loads(json.dumps(trained.provenance.config, default=str)))
+    now = _flatten(json.loads(json.dumps(cfg.to_dict(), default=str)))
+    diff = [
+        f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(before) | set(now))
+        if not k.startswith(RESUMABLE) and before.get(k) != now.get(k)
+    ]
+    spec_then = trained.encoder.spec if trained.encoder else None
+    spec_now = prepared.encoder.spec if prepared.encoder else None
+    if spec_then != spec_now:
+        diff.append("the encoder's spec (its weights changed since the checkpoint)")
+    if diff:
+        raise ValueError(
+            f"cannot resume {cfg.output_dir}: its checkpoint was trained with another config "
+            f"({'; '.join(diff)}); resume with the same settings, or train into a new run "
+            "directory (another run_tag or output_dir)"
+        )
 
 
 @torch.no_grad()

@@ -37,6 +37,26 @@ def read_state(checkpoint: str | Path) -> dict[str, Any]:
     return torch.load(Path(checkpoint) / STATE_FILE, weights_only=True)
 
 
+def keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the records of steps after ``step`` from ``metrics.jsonl`` (they were logged after
+    the checkpoint a run resumes from, and are logged again), atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) > step:
+                continue
+        except json.JSONDecodeError:  # a line cut by a kill: logged again after the resume
+            continue
+        kept.append(line)
+    if kept != lines:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+
+
 class Schedule(Protocol):
     """The run-config fields a Trainer reads (``TrainConfig`` and ``PretrainConfig`` have them)."""
 
@@ -216,7 +236,10 @@ class Trainer:
         metrics = None
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            metrics = (self.out_dir / "metrics.jsonl").open("a" if self.step else "w")
+            path = self.out_dir / "metrics.jsonl"
+            if self.step:
+                keep_metrics_until(path, self.step)
+            metrics = path.open("a" if self.step else "w")
         self._window, self._window_start = [], time.perf_counter()
         try:
             while self.step < self.steps:
