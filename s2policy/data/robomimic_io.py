@@ -44,6 +44,9 @@ import numpy as np
 from s2policy.data.replay_buffer import ReplayBuffer
 
 logger = logging.getLogger(__name__)
+#: Root attribute of an imported store: ``{"complete": bool, "demos": n}`` (``complete`` is set
+#: last, so an interrupted or failed import is marked as such until a rerun completes it).
+IMPORT_STATE = "robomimic_import"
 
 IMAGE_SUFFIX = "_image"
 GYM_ENV_TYPE = 2  # robomimic.envs.env_base.EnvType.GYM_TYPE
@@ -140,7 +143,7 @@ def import_robomimic(
     src, out = Path(src), Path(out)
     if not src.is_file():
         raise FileNotFoundError(f"no robomimic file at {src}")
-    with h5py.File(src, "r") as f:
+    with _open_hdf5(src) as f:
         if "data" not in f or not isinstance(f["data"], h5py.Group):
             raise RobomimicFormatError(
                 f"{src} is not a robomimic dataset: it has no data/ group (top level: {list(f)})"
@@ -181,6 +184,7 @@ def import_robomimic(
                     "state_keys=[...]) naming the low-dim obs to concatenate into it",
                     src,
                 )
+        attrs[IMPORT_STATE] = {"complete": False, "demos": len(names)}
         buffer = _open_output(out, attrs, overwrite)
         for name in names[buffer.n_episodes :]:
             demo = data[name]
@@ -190,8 +194,30 @@ def import_robomimic(
                 arrays = read_demo(demo, f"{src}:data/{name}", obs_keys, state_keys, keep)
             meta = {k[5:]: demo.attrs[k] for k in demo.attrs if k.startswith("meta_")}
             buffer.add_episode(arrays, meta=meta)
+        buffer.update_attrs({IMPORT_STATE: {"complete": True, "demos": len(names)}})
     logger.info("imported %d demos of %s into %s", buffer.n_episodes, src, out)
     return buffer
+
+
+def _open_hdf5(src: Path) -> h5py.File:
+    try:
+        return h5py.File(src, "r")
+    except OSError as err:
+        raise RobomimicFormatError(
+            f"{src} is not a readable HDF5 file ({err}); a robomimic dataset is an .hdf5 file "
+            "with a data/ group of demo_<i> groups"
+        ) from err
+
+
+def check_import_complete(attrs: dict[str, Any], store: str | Path) -> None:
+    """Refuse a store whose robomimic import was interrupted (it holds only some demos)."""
+    state = attrs.get(IMPORT_STATE)
+    if state is not None and not state.get("complete"):
+        source = attrs.get("robomimic_source", {}).get("path", "its source")
+        raise ValueError(
+            f"{store} is an interrupted robomimic import of {source} ({state.get('demos')} demos "
+            "expected); rerun the same import command to complete it"
+        )
 
 
 def _open_output(out: Path, attrs: dict[str, Any], overwrite: bool) -> ReplayBuffer:

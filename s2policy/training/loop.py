@@ -95,9 +95,11 @@ class PreparedData:
 def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> PreparedData:
     """Build the feature cache when missing (through the cache module) and load the windows."""
     from s2policy.data.replay_buffer import ReplayBuffer
+    from s2policy.data.robomimic_io import check_import_complete
 
     store = ReplayBuffer.open(cfg.dataset)
     attrs = store.attrs
+    check_import_complete(attrs, cfg.dataset)
     task = dataset_task(cfg, attrs)
     cameras = resolve_cameras(cfg, task, list(attrs.get("cameras", [])))
     encoder_info, cache = None, None

@@ -110,6 +110,7 @@ def test_zarr_to_hdf5_to_zarr_is_identical(demo_store, tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=key)
     attrs = back.attrs
     assert attrs.pop("robomimic_source")["path"] == str(h5.resolve())
+    assert attrs.pop(robomimic_io.IMPORT_STATE) == {"complete": True, "demos": orig.n_episodes}
     assert attrs == orig.attrs
 
 
@@ -188,10 +189,16 @@ def test_interrupted_import_resumes_to_the_same_store(tmp_path, monkeypatch):
     monkeypatch.setattr(robomimic_io, "read_demo", failing)
     with pytest.raises(KeyboardInterrupt):
         import_robomimic(src, tmp_path / "part.zarr", state_keys=["robot0_eef_pos"])
-    assert ReplayBuffer.open(tmp_path / "part.zarr").n_episodes == 2
+    part = ReplayBuffer.open(tmp_path / "part.zarr")
+    assert part.n_episodes == 2
+    assert part.attrs[robomimic_io.IMPORT_STATE] == {"complete": False, "demos": 3}
+    with pytest.raises(ValueError, match=r"part.zarr is an interrupted robomimic import .*rerun"):
+        robomimic_io.check_import_complete(part.attrs, tmp_path / "part.zarr")
     monkeypatch.setattr(robomimic_io, "read_demo", real)
     done = import_robomimic(src, tmp_path / "part.zarr", state_keys=["robot0_eef_pos"])
     assert done.n_episodes == 3
+    assert done.attrs[robomimic_io.IMPORT_STATE]["complete"] is True
+    robomimic_io.check_import_complete(done.attrs, tmp_path / "part.zarr")  # no error
     for key in clean.keys():
         np.testing.assert_array_equal(clean[key][:], done[key][:])
     other = write_robomimic(tmp_path / "other.hdf5", lengths=[4, 4])
@@ -246,6 +253,14 @@ def test_bad_inputs_are_clear_errors(tmp_path, mutate, kwargs, match):
     src = write_robomimic(tmp_path / "bad.hdf5", mutate=mutate)
     with pytest.raises(RobomimicFormatError, match=match):
         import_robomimic(src, tmp_path / "out.zarr", **kwargs)
+
+
+def test_a_file_that_is_not_hdf5_is_one_sentence(tmp_path):
+    src = tmp_path / "demos.hdf5"
+    src.write_text("not an hdf5 file\n")
+    with pytest.raises(RobomimicFormatError, match=r"demos.hdf5 is not a readable HDF5 file"):
+        import_robomimic(src, tmp_path / "out.zarr")
+    assert not (tmp_path / "out.zarr").exists()
 
 
 def test_missing_file_and_bad_export_arguments(demo_store, tmp_path):

@@ -174,3 +174,20 @@ def test_tasks_share_the_base_scene():
         for name in ("table", "palm", "finger_left", "finger_right"):
             model.geom(name)
         assert model.camera("front") and model.camera("wrist")
+
+
+def test_gym_make_without_importing_envs_first():
+    """gymnasium 1.x dropped entry-point plugins; its module prefix imports (and so registers)
+    our tasks from a bare ``gym.make``, as the README says."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gymnasium as gym; "
+        "env = gym.make('envs:s2policy/CubePick-v0', image_size=(16, 16), shadow_size=0); "
+        "obs, _ = env.reset(seed=0); print(sorted(obs))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "'state'" in proc.stdout
