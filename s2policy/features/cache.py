@@ -11,6 +11,15 @@ Layout, beside the demonstrations::
 written one time-chunk at a time (each a single, atomically written chunk file), then that chunk's
 done flag; ``complete`` is set last. A rerun skips chunks already done, so a killed build resumes
 where it stopped. Under ``torchrun`` rank ``r`` of ``w`` takes chunks ``i`` with ``i % w == r``.
+
+Crash safety and integrity: the group's attributes are written (in one file) after its arrays, so a
+build killed while creating the cache leaves a group without attributes and without any done
+chunk; the next build recreates it (a cache with a done chunk is never deleted without an explicit
+``remove``). A chunk marked done whose chunk file is missing is recomputed by the next build and
+refused by readers (:meth:`CacheInfo.features` lists the array's chunk files once per open); a
+chunk file that does not decode fails the read with one sentence naming the cache, camera and
+steps, and ``verify`` (:func:`verify_cache`) clears the done flags of every such chunk so the next
+build recomputes just them. :func:`crash_point` kills the process at named points for tests.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
+from zarr.core.sync import sync
 
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.preprocess import frames_to_tensor
@@ -36,6 +47,19 @@ from s2policy.runtime import DTYPES
 logger = logging.getLogger(__name__)
 
 FEATURES = "features"
+#: Attributes a cache's group has once its creation finished (written together, after the arrays).
+CREATED_ATTRS = ("spec", "dtype", "dataset_identity", "cameras", "n_steps", "chunk_steps")
+#: Environment variable naming the :func:`crash_point` at which the process kills itself.
+CRASH_ENV = "S2POLICY_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Exit at once (status 137, as SIGKILL) when ``$S2POLICY_CRASH_AT == name``: crash tests
+    stop a build at ``cache.create`` (arrays made, attributes not yet), ``cache.chunk`` (a chunk's
+    features written, its done flag not yet) or ``cache.done`` (every flag set, ``complete`` not
+    yet)."""
+    if os.environ.get(CRASH_ENV) == name:
+        os._exit(137)
 
 
 class CacheError(ValueError):
@@ -95,8 +119,80 @@ class CacheInfo:
     def complete(self) -> bool:
         return bool(self.attrs.get("complete"))
 
-    def features(self, camera: str) -> zarr.Array:
-        return zarr.open_group(str(self.path), mode="r")[f"{FEATURES}/{self.fingerprint}/{camera}"]
+    @property
+    def created(self) -> bool:
+        """Whether the cache's creation finished (a build killed while creating the cache leaves
+        a group without attributes: the next build recreates it)."""
+        return all(k in self.attrs for k in CREATED_ATTRS)
+
+    def features(self, camera: str) -> FeatureArray:
+        """The cached features of ``camera`` (read-only; index like a numpy array). Raises
+        :class:`CacheError` when the cache is incomplete or a chunk marked done has no chunk
+        file, and reading a chunk file that does not decode raises one naming the steps."""
+        if not self.complete:
+            raise CacheError(_incomplete_message(self))
+        group = zarr.open_group(str(self.path), mode="r")[f"{FEATURES}/{self.fingerprint}"]
+        array, flags = group[camera], group[f"done/{camera}"][:]
+        if not (flags == 1).all():  # flags cleared since this CacheInfo was read (verify)
+            now = CacheInfo(self.fingerprint, self.path, group.attrs.asdict())
+            raise CacheError(_incomplete_message(now))
+        stored_chunks = _stored_chunks(array)
+        missing = [i for i in range(len(flags)) if i not in stored_chunks]
+        if missing:
+            raise _damage_error(self, camera, missing, missing=True)
+        return FeatureArray(self, camera, array)
+
+
+class FeatureArray:
+    """Read-only view of one camera's features in a cache: ``[...]``, ``.oindex[...]``,
+    ``np.asarray``; a chunk file that does not decode raises :class:`CacheError` naming the
+    cache, camera and steps (instead of the codec's bare error)."""
+
+    def __init__(self, info: CacheInfo, camera: str, array: zarr.Array):
+        self.info, self.camera, self._array = info, camera, array
+
+    shape = property(lambda self: self._array.shape)
+    dtype = property(lambda self: self._array.dtype)
+    chunks = property(lambda self: self._array.chunks)
+    ndim = property(lambda self: self._array.ndim)
+
+    def __len__(self) -> int:
+        return self._array.shape[0]
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        return self._read(self._array.__getitem__, selection)
+
+    @property
+    def oindex(self) -> _OIndex:
+        return _OIndex(self)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def _read(self, read: Callable[[Any], np.ndarray], selection: Any) -> np.ndarray:
+        try:
+            return read(selection)
+        except (CacheError, IndexError, TypeError):
+            raise
+        except Exception as err:
+            first = selection[0] if isinstance(selection, tuple) else selection
+            try:
+                chunks = np.unique(np.arange(len(self))[first] // self._array.chunks[0]).tolist()
+            except Exception:
+                chunks = range(self._array.cdata_shape[0])
+            bad = _undecodable(self._array, chunks)
+            if not bad:
+                raise
+            raise _damage_error(self.info, self.camera, bad, missing=False) from err
+
+
+class _OIndex:
+    def __init__(self, features: FeatureArray):
+        self._features = features
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        return self._features._read(self._features._array.oindex.__getitem__, selection)
 
 
 def list_caches(store: str | Path) -> list[CacheInfo]:
@@ -108,6 +204,31 @@ def list_caches(store: str | Path) -> list[CacheInfo]:
     return [
         CacheInfo(fp, Path(store), group[fp].attrs.asdict()) for fp in sorted(group.group_keys())
     ]
+
+
+def progress(info: CacheInfo) -> tuple[int, int]:
+    """``(done chunks, all chunks)`` of a cache whose creation finished."""
+    group = zarr.open_group(str(info.path), mode="r")[f"{FEATURES}/{info.fingerprint}"]
+    flags = [group[f"done/{c}"][:] for c in info.attrs["cameras"]]
+    return int(sum(f.sum() for f in flags)), int(sum(f.size for f in flags))
+
+
+def describe(info: CacheInfo) -> str:
+    """``vit_nano scales=[32, 64] ... dtype=float32``, or what is known of a half-created cache."""
+    if not info.created:
+        group = zarr.open_group(str(info.path), mode="r")[f"{FEATURES}/{info.fingerprint}"]
+        n_done = _count_done(group)
+        if n_done == 0:
+            return (
+                "creation was interrupted before any chunk was computed (the next build "
+                "recreates it)"
+            )
+        return (
+            f"creation or removal was interrupted, {n_done} chunks computed (remove it with "
+            f"python cache_features.py action=remove dataset={info.path} "
+            f"fingerprint={info.fingerprint})"
+        )
+    return f"{describe_spec(info.attrs['spec'])} dtype={info.attrs['dtype']}"
 
 
 def describe_spec(spec: dict[str, Any]) -> str:
@@ -139,10 +260,11 @@ def open_cache(
     caches = {c.fingerprint: c for c in list_caches(store)}
     if fp not in caches:
         others = "; ".join(
-            f"{c.fingerprint}: {describe_spec(c.attrs['spec'])} dtype={c.attrs['dtype']}"
+            f"{c.fingerprint}: {describe(c)}"
             + (
                 ""
-                if c.attrs.get("dataset_identity") == dataset_identity(buffer, c.attrs["cameras"])
+                if not c.created
+                or c.attrs["dataset_identity"] == dataset_identity(buffer, c.attrs["cameras"])
                 else " (stale: the dataset changed since)"
             )
             for c in caches.values()
@@ -154,11 +276,7 @@ def open_cache(
         )
     info = caches[fp]
     if not info.complete:
-        done, total = _progress(info)
-        raise CacheError(
-            f"feature cache {fp} in {store} is incomplete ({done}/{total} chunks); rerun the "
-            "build to resume it"
-        )
+        raise CacheError(_incomplete_message(info))
     absent = [c for c in cameras if c not in info.attrs["cameras"]]
     if absent:
         raise CacheError(
@@ -194,7 +312,7 @@ def build_cache(
     spec = encoder.spec()
     fp = fingerprint(identity, spec, dtype)
     if rank == 0:
-        _create_group(buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps)
+        _prepare_group(buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps)
     _barrier(world)
     group = zarr.open_group(str(store), mode="r+")[f"{FEATURES}/{fp}"]
     if group.attrs.get("complete"):
@@ -211,16 +329,20 @@ def build_cache(
     if todo and len(todo) * world < total:
         logger.info("resuming cache %s: %d chunks left for this process", fp, len(todo))
     device = next(encoder.parameters()).device
+    # write every chunk file, even one equal to the fill value: a missing file means a lost chunk
+    arrays = {cam: group[cam].with_config({"write_empty_chunks": True}) for cam in cameras}
     for n, (cam, i, frames) in enumerate(_prefetch(buffer, todo, chunk_steps)):
         feats = encode_frames(encoder, frames, batch_size, dtype, device)
         start = i * chunk_steps
-        group[cam][start : start + len(feats)] = stored(feats)
+        arrays[cam][start : start + len(feats)] = stored(feats)
+        crash_point("cache.chunk")
         group[f"done/{cam}"][i] = 1
         if on_chunk is not None:
             on_chunk(min(total, done_before + (n + 1) * world), total)
     _barrier(world)
     if rank == 0:
         if all((group[f"done/{c}"][:] == 1).all() for c in cameras):
+            crash_point("cache.done")
             group.attrs["complete"] = True
     _barrier(world)
     return CacheInfo(
@@ -259,8 +381,13 @@ def verify_cache(
 ) -> float:
     """Recompute ``n_samples`` random frames per camera and compare with the cache; returns the
     largest absolute difference, raises :class:`CacheError` beyond ``atol + rtol * |value|``
-    (float16 storage rounds to ~1e-3 relative)."""
+    (float16 storage rounds to ~1e-3 relative).
+
+    First every chunk file of the cache is checked (present, decodes); damaged chunks get their
+    done flags cleared, so the next build recomputes just them, and a :class:`CacheError` lists
+    them."""
     info = open_cache(store, encoder, cameras, dtype)
+    _check_chunks(info)
     buffer = ReplayBuffer.open(store)
     rng = np.random.default_rng(seed)
     device = next(encoder.parameters()).device
@@ -290,15 +417,45 @@ def remove_cache(store: str | Path, fp: str) -> None:
 
 
 # ---------------------------------------------------------------------------- internals
-def _create_group(buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps) -> None:
+def _prepare_group(buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps) -> None:
+    """Create the cache's group, or check the existing one: recreate it when its creation was
+    interrupted (no chunk done yet), and clear the done flags of chunks whose file is missing."""
     root = zarr.open_group(str(buffer.path), mode="r+")
     features = root.require_group(FEATURES)
     if fp in features:
-        attrs = features[fp].attrs.asdict()
-        if attrs.get("n_steps") != buffer.n_steps or attrs.get("cameras") != cameras:
-            raise CacheError(f"cache {fp} was started with other cameras or steps; remove it")
-        return
-    group = features.create_group(fp)
+        group = features[fp]
+        info = CacheInfo(fp, Path(buffer.path), group.attrs.asdict())
+        arrays = [a for c in cameras for a in (c, f"done/{c}")]
+        if info.created and all(a in group for a in arrays):
+            attrs = info.attrs
+            if attrs["n_steps"] != buffer.n_steps or sorted(attrs["cameras"]) != sorted(cameras):
+                raise CacheError(
+                    f"feature cache {fp} in {buffer.path} holds cameras {attrs['cameras']} and "
+                    f"{attrs['n_steps']} steps, not {cameras} and {buffer.n_steps}; remove it "
+                    f"with python cache_features.py action=remove dataset={buffer.path} "
+                    f"fingerprint={fp}"
+                )
+            _repair(info, group)
+            return
+        n_done = _count_done(group)
+        if n_done:
+            raise CacheError(
+                f"feature cache {fp} in {buffer.path} has {n_done} computed chunks but no "
+                "attributes or arrays of its own (its creation or removal was interrupted); it is "
+                "kept: remove it with python cache_features.py action=remove "
+                f"dataset={buffer.path} fingerprint={fp} and rebuild"
+            )
+        logger.warning(
+            "feature cache %s in %s was interrupted while being created (no chunk computed); "
+            "recreating it",
+            fp,
+            buffer.path,
+        )
+    _create_group(features, buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps)
+
+
+def _create_group(features, buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps):
+    group = features.create_group(fp, overwrite=True)
     height, width = buffer[cameras[0]].shape[1:3]
     shape = encoder.output_shape(height, width)
     n_chunks = -(-buffer.n_steps // chunk_steps)
@@ -313,6 +470,7 @@ def _create_group(buffer, fp, cameras, encoder, identity, spec, dtype, chunk_ste
             compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
         )
         group.require_group("done").create_array(cam, shape=(n_chunks,), chunks=(1,), dtype="uint8")
+    crash_point("cache.create")
     group.attrs.update(
         {
             "fingerprint": fp,
@@ -348,10 +506,140 @@ def _prefetch(
             yield result
 
 
-def _progress(info: CacheInfo) -> tuple[int, int]:
-    group = zarr.open_group(str(info.path), mode="r")[f"{FEATURES}/{info.fingerprint}"]
-    flags = [group[f"done/{c}"][:] for c in info.attrs["cameras"]]
-    return int(sum(f.sum() for f in flags)), int(sum(f.size for f in flags))
+def _incomplete_message(info: CacheInfo) -> str:
+    if not info.created:
+        return (
+            f"feature cache {info.fingerprint} in {info.path} was interrupted while being created "
+            "(no chunk computed yet); rerun the build to recreate it"
+        )
+    done, total = progress(info)
+    return (
+        f"feature cache {info.fingerprint} in {info.path} is incomplete ({done}/{total} chunks); "
+        "rerun the build to resume it"
+    )
+
+
+def _count_done(group: zarr.Group) -> int:
+    """Done chunks of a cache group whatever state it is in (0 when it has no done flags)."""
+    if "done" not in group:
+        return 0
+    return int(sum(int((a[:] == 1).sum()) for _, a in group["done"].arrays()))
+
+
+def _stored_chunks(array: zarr.Array) -> set[int]:
+    """Time-chunk indices of ``array`` whose chunk file exists (one listing of its keys)."""
+    store = array.store_path.store
+    prefix = f"{array.path}/"
+
+    async def keys() -> set[str]:
+        return {k async for k in store.list_prefix(prefix)}
+
+    present = sync(keys())
+    rest = (0,) * (array.ndim - 1)
+    return {
+        i
+        for i in range(array.cdata_shape[0])
+        if prefix + array.metadata.encode_chunk_key((i, *rest)) in present
+    }
+
+
+def _undecodable(array: zarr.Array, chunks: Any) -> list[int]:
+    """Those of ``chunks`` (time-chunk indices) whose chunk file does not decode."""
+    size, bad = array.chunks[0], []
+    for i in chunks:
+        try:
+            array[i * size : (i + 1) * size]
+        except Exception:
+            bad.append(int(i))
+    return bad
+
+
+def _step_ranges(chunks: list[int], chunk_steps: int, n_steps: int) -> str:
+    """Chunk indices -> ``"16-31, 48-55"`` (inclusive step ranges, adjacent chunks merged)."""
+    ranges: list[list[int]] = []
+    for i in sorted(chunks):
+        start, end = i * chunk_steps, min(n_steps, (i + 1) * chunk_steps) - 1
+        if ranges and ranges[-1][1] + 1 == start:
+            ranges[-1][1] = end
+        else:
+            ranges.append([start, end])
+    return ", ".join(f"{a}-{b}" for a, b in ranges)
+
+
+def _damage_error(info: CacheInfo, camera: str, chunks: list[int], missing: bool) -> CacheError:
+    """The reader's sentence for chunks marked done whose file is missing or does not decode."""
+    steps = _step_ranges(chunks, int(info.attrs["chunk_steps"]), int(info.attrs["n_steps"]))
+    what = (
+        "have no chunk file although marked done"
+        if missing
+        else "do not decode (chunk file truncated or corrupt)"
+    )
+    return CacheError(
+        f"feature cache {info.fingerprint} in {info.path}: camera {camera!r} steps {steps} "
+        f"{what}; run python cache_features.py action=verify dataset={info.path} encoder=... "
+        "(the encoder that built it) to mark the damaged chunks for recomputation, then rerun "
+        "the build"
+    )
+
+
+def _repair(info: CacheInfo, group: zarr.Group) -> None:
+    """Make the done flags true before a build: clear those of chunks whose chunk file is missing
+    (this build recomputes them), and ``complete`` when a flag is not set (it goes first, so a
+    kill in between leaves a cache that is still resumed, never one that reads as complete)."""
+    chunk_steps, n_steps = int(info.attrs["chunk_steps"]), int(info.attrs["n_steps"])
+    lost, unset = {}, False
+    for cam in info.attrs["cameras"]:
+        flags = group[f"done/{cam}"][:]
+        done = np.flatnonzero(flags == 1).tolist()
+        unset |= len(done) < len(flags)
+        stored_chunks = _stored_chunks(group[cam]) if done else set()
+        if missing := [i for i in done if i not in stored_chunks]:
+            lost[cam] = missing
+    if (lost or unset) and group.attrs.get("complete"):
+        group.attrs["complete"] = False
+    for cam, missing in lost.items():
+        for i in missing:
+            group[f"done/{cam}"][i] = 0
+        logger.warning(
+            "feature cache %s in %s: camera %r steps %s had no chunk file although marked done; "
+            "recomputing them",
+            info.fingerprint,
+            info.path,
+            cam,
+            _step_ranges(missing, chunk_steps, n_steps),
+        )
+
+
+def _check_chunks(info: CacheInfo) -> None:
+    """Check every chunk file of a complete cache (present, decodes); clear the done flags of the
+    damaged ones and raise a :class:`CacheError` listing them."""
+    group = zarr.open_group(str(info.path), mode="r+")[f"{FEATURES}/{info.fingerprint}"]
+    chunk_steps, n_steps = int(info.attrs["chunk_steps"]), int(info.attrs["n_steps"])
+    parts, damaged = [], {}
+    for cam in info.attrs["cameras"]:
+        array = group[cam]
+        done = np.flatnonzero(group[f"done/{cam}"][:] == 1).tolist()
+        stored_chunks = _stored_chunks(array)
+        missing = [i for i in done if i not in stored_chunks]
+        undecodable = _undecodable(array, [i for i in done if i in stored_chunks])
+        damaged[cam] = missing + undecodable
+        for chunks, what in (
+            (missing, "chunk file missing"),
+            (undecodable, "chunk file does not decode"),
+        ):
+            if chunks:
+                parts.append(
+                    f"camera {cam!r} steps {_step_ranges(chunks, chunk_steps, n_steps)} ({what})"
+                )
+    if parts:
+        group.attrs["complete"] = False  # first: a kill below leaves a cache that is resumed
+        for cam, chunks in damaged.items():
+            for i in chunks:
+                group[f"done/{cam}"][i] = 0
+        raise CacheError(
+            f"feature cache {info.fingerprint} in {info.path}: {'; '.join(parts)}; their done "
+            "flags were cleared, so rerunning the build recomputes just those chunks"
+        )
 
 
 def _dist_rank_world() -> tuple[int, int]:

@@ -58,10 +58,13 @@ def run_cache_command(
         for c in cache.list_caches(store):
             a = c.attrs
             status = "complete" if c.complete else "INCOMPLETE"
+            if not c.created:  # a build was killed while creating it
+                rows.append(f"{c.fingerprint}  {status:10s} {cache.describe(c)}")
+                continue
+            progress = "" if c.complete else " chunks={}/{}".format(*cache.progress(c))
             rows.append(
-                f"{c.fingerprint}  {status:10s} {cache.describe_spec(a['spec'])} "
-                f"dtype={a['dtype']} "
-                f"cameras={a['cameras']} shape={a['feature_shape']} steps={a['n_steps']}"
+                f"{c.fingerprint}  {status:10s} {cache.describe(c)} "
+                f"cameras={a['cameras']} shape={a['feature_shape']} steps={a['n_steps']}" + progress
             )
         return rows or [f"no feature caches in {store}"]
     if cfg.action == "remove" and cfg.fingerprint:

@@ -155,7 +155,13 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tcfg.seed + rank)
+    ckpt = recover(out) if tcfg.resume else None
+    resumed = load(ckpt) if ckpt is not None else None
+    if resumed is not None:  # before any cache is built for a config that cannot resume
+        check_resume_config(cfg, resumed)
     prepared = prepare_data(cfg, device, dtype)
+    if resumed is not None:
+        check_resume_encoder(cfg, prepared, resumed)
     data = prepared.data
     policy = make_policy(
         cfg.policy, data.shape_meta, fit_normalizer(data, cfg.policy.normalize_features)
@@ -182,9 +188,7 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
         rank=rank,
         loss_key="train_loss",
     )
-    ckpt = recover(out) if tcfg.resume else None
     if ckpt is not None:
-        check_resume(cfg, prepared, load(ckpt))
         weights, state = load_training_state(ckpt)
         policy.load_state_dict(weights)
         logger.info("resumed %s at step %d", out, trainer.resume(state))
@@ -244,9 +248,9 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume(cfg: RunConfig, prepared: PreparedData, trained: TrainedPolicy) -> None:
-    """Refuse to resume a run whose checkpoint was trained with another config or encoder
-    (one policy must not be trained on two encoders), listing the fields that differ."""
+def check_resume_config(cfg: RunConfig, trained: TrainedPolicy) -> None:
+    """Refuse to resume a run whose checkpoint was trained with another config (one policy must
+    not be trained on two encoders or two datasets), listing the fields that differ."""
     before = _flatten(json.loads(json.dumps(trained.provenance.config, default=str)))
     now = _flatten(json.loads(json.dumps(cfg.to_dict(), default=str)))
     diff = [
@@ -254,16 +258,24 @@ def check_resume(cfg: RunConfig, prepared: PreparedData, trained: TrainedPolicy)
         for k in sorted(set(before) | set(now))
         if not k.startswith(RESUMABLE) and before.get(k) != now.get(k)
     ]
+    if diff:
+        _refuse_resume(cfg, "; ".join(diff))
+
+
+def check_resume_encoder(cfg: RunConfig, prepared: PreparedData, trained: TrainedPolicy) -> None:
+    """The same config can still name other weights (a weights file rewritten in place)."""
     spec_then = trained.encoder.spec if trained.encoder else None
     spec_now = prepared.encoder.spec if prepared.encoder else None
     if spec_then != spec_now:
-        diff.append("the encoder's spec (its weights changed since the checkpoint)")
-    if diff:
-        raise ValueError(
-            f"cannot resume {cfg.output_dir}: its checkpoint was trained with another config "
-            f"({'; '.join(diff)}); resume with the same settings, or train into a new run "
-            "directory (another run_tag or output_dir)"
-        )
+        _refuse_resume(cfg, "the encoder's spec: its weights changed since the checkpoint")
+
+
+def _refuse_resume(cfg: RunConfig, diff: str) -> None:
+    raise ValueError(
+        f"cannot resume {cfg.output_dir}: its checkpoint was trained with another config "
+        f"({diff}); resume with the same settings, or train into a new run directory (another "
+        "run_tag or output_dir)"
+    )
 
 
 @torch.no_grad()
