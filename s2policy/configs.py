@@ -17,6 +17,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 def register_configs() -> None:
     """Register every schema; entry points call this before ``hydra.main`` runs."""
     from s2policy.data.collect import CollectConfig
+    from s2policy.data.replay_buffer import StoreConfig
     from s2policy.data.robomimic_io import RobomimicConfig
     from s2policy.encoders.s2 import EncoderConfig
     from s2policy.evaluation.probe import ProbeConfig
@@ -45,6 +46,7 @@ def register_configs() -> None:
     cs.store(name="encoder_choice_schema", node={"encoder": EncoderConfig})
     cs.store(name="robomimic_schema", node=RobomimicConfig)
     cs.store(name="robot_schema", node=RobotRunConfig)
+    cs.store(name="store_schema", node=StoreConfig)
     cs.store(name="robot_keys_schema", node=RobotKeysConfig)
 
 

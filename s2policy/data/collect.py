@@ -85,10 +85,17 @@ def store_attrs(task: TaskConfig) -> dict[str, Any]:
 
 
 def open_for_collection(path: Path, attrs: dict[str, Any], overwrite: bool) -> ReplayBuffer:
-    """Create the store, or open it to append after checking it was made with the same task."""
-    if overwrite or not path.exists():
+    """Create the store, or open it to append after checking it was made with the same task.
+
+    A store without a committed episode (a run killed before its first one was saved) is completed
+    with this run's settings; a damaged store is refused untouched (see ``ReplayBuffer.open``).
+    """
+    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return ReplayBuffer.create(path, attrs=attrs, overwrite=overwrite)
     buffer = ReplayBuffer.open(path, "a")
+    if buffer.n_episodes == 0:  # nothing collected yet: nothing to mix other settings with
+        buffer.update_attrs(attrs)
+        return buffer
     stored = buffer.attrs
     diff = {k: (stored.get(k), v) for k, v in attrs.items() if stored.get(k) != v}
     if diff:

@@ -4,19 +4,43 @@ The layout is diffusion_policy's: every ``data/<key>`` array has shape ``(T_tota
 are contiguous, and ``meta/episode_ends[i]`` is the exclusive end step of episode ``i``. Per-episode
 scalars (seeds, success flags) live beside it as ``meta/<name>`` arrays of length ``n_episodes``.
 
-Crash safety: an episode is appended to the ``data/`` arrays first, then to the other ``meta/``
-arrays, and ``meta/episode_ends`` is extended last. ``episode_ends`` is the commit record: steps
-past its last value, or per-episode entries past its length, belong to an interrupted write. Readers
-never see them (:attr:`ReplayBuffer.n_steps` bounds every view) and opening the store with
-``mode="a"`` truncates them. Chunk files are written atomically by zarr's ``LocalStore``, so
-committed episodes stay intact even when a write is killed.
+Crash safety: a store is created in a hidden sibling folder and renamed into place when complete.
+An episode is appended to the ``data/`` arrays first, then to the other ``meta/`` arrays, and
+``meta/episode_ends`` is extended last. ``episode_ends`` is the commit record: steps past its last
+value, per-episode entries past its length (at most one: an append removes what a failed one left)
+and one trailing fill-value entry (an ``episode_ends`` append killed between its resize and its
+write) belong to an interrupted write. Readers never see them (:attr:`ReplayBuffer.n_steps` bounds
+every view) and opening the store with ``mode="a"`` removes them; a store that failed before its
+first commit is emptied, whatever keys its partial arrays had. Chunk files are written atomically
+by zarr's ``LocalStore``, so committed episodes stay intact even when a write is killed.
+
+Anything else is damage, not an interrupted write: a non-increasing or out-of-range
+``episode_ends``, per-episode arrays shorter than it, ``data/`` arrays shorter than its last end.
+Such a store is refused, read or append, and left as it is; ``python -m
+s2policy.data.replay_buffer action=inspect store=<path>`` lists what is wrong, and ``action=repair``
+(with ``confirm=true``) keeps the longest valid prefix of committed episodes.
+
+Every chunk is written, even one of fill values only, and arrays say so (attribute
+:data:`CHUNKS_ATTR`): a missing chunk file of committed data is an error naming the array and the
+steps, never zarr's fill value; a chunk whose blosc header does not match its file (truncated) or
+that fails to decode is one too. Arrays written before that attribute existed read absent chunks
+as zeros, as zarr always did (zarr skipped all-zero chunks then).
+
+Crash tests: :func:`crash_point` ends the process at a named point of a write when the
+environment variable ``S2POLICY_CRASH_AT`` names it (``name`` or ``name@N``: its N-th time).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections.abc import Iterator, Mapping
+import os
+import shutil
+import struct
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +48,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 import zarr.errors
+from zarr.storage import LocalStore
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +57,58 @@ LAYOUT_VERSION = 1
 #: Target size of one chunk along time; images are chunked to a few frames, low-dim data to many.
 CHUNK_BYTES = 1 << 20
 _RESERVED_ATTRS = ("layout", "layout_version")
+#: Array attribute: every chunk of the array is stored, so a missing chunk file is damage.
+CHUNKS_ATTR = "s2policy_all_chunks_written"
+#: zarr skips chunks holding fill values only unless told otherwise; a missing chunk would then be
+#: indistinguishable from a deleted one.
+_WRITE_CONFIG = {"write_empty_chunks": True}
+#: Environment variable naming the crash point (``name`` or ``name@N``) for crash tests.
+CRASH_ENV = "S2POLICY_CRASH_AT"
+#: The named points of a write (see :func:`crash_point`).
+CRASH_POINTS = ("store_create", "episode_data", "episode_meta", "episode_commit")
+_crash_hits: dict[str, int] = {}
+COMMAND = "python -m s2policy.data.replay_buffer"
+
+
+def crash_point(name: str) -> None:
+    """End the process (``os._exit(137)``, like SIGKILL) if ``$S2POLICY_CRASH_AT`` names this point.
+
+    ``S2POLICY_CRASH_AT=episode_meta@3`` ends it the third time ``episode_meta`` is reached. The
+    points: ``store_create`` (the new store is written, not yet renamed into place),
+    ``episode_data`` (the first ``data/`` array of an episode is appended, the others not),
+    ``episode_meta`` (data and ``meta/`` arrays appended, ``meta/episode_ends`` not) and
+    ``episode_commit`` (right after ``meta/episode_ends`` is extended).
+    """
+    target = os.environ.get(CRASH_ENV)
+    if not target:
+        return
+    want, _, nth = target.partition("@")
+    if want != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] >= int(nth or 1):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(137)
+
+
+class CorruptStoreError(ValueError):
+    """A store whose committed data or commit record is damaged (nothing was changed)."""
+
+
+def inspect_hint(path: Path | str) -> str:
+    return f"inspect it with `{COMMAND} action=inspect store={path}`"
+
+
+def repair_command(path: Path | str) -> str:
+    return f"`{COMMAND} action=repair store={path} confirm=true`"
+
+
+def _span(word: str, start: int, stop: int) -> str:
+    """``episodes 3-5`` / ``episode 3`` for the half-open range ``[start, stop)``."""
+    if stop - start == 1:
+        return f"{word.rstrip('s')} {start}"
+    return f"{word} {start}-{stop - 1}"
 
 
 def _compressor(dtype: np.dtype) -> zarr.codecs.BloscCodec:
@@ -45,6 +122,14 @@ def _time_chunk(step_shape: tuple[int, ...], dtype: np.dtype) -> int:
     return int(min(4096, max(1, CHUNK_BYTES // step_bytes)))
 
 
+def _writable(array: zarr.Array) -> zarr.Array:
+    return array.with_config(_WRITE_CONFIG)
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
 def check_finite(name: str, values: np.ndarray, fix: str = "") -> None:
     """Raise ``ValueError`` naming ``name`` and the first step (row) holding NaN or inf."""
     bad = ~np.isfinite(values)
@@ -53,12 +138,135 @@ def check_finite(name: str, values: np.ndarray, fix: str = "") -> None:
         raise ValueError(f"{name} contains NaN or inf (first at step {step}){fix}")
 
 
-class ArrayView:
-    """Read-only view of a ``data/<key>`` array limited to the committed steps ``[0, n_steps)``."""
+class ChunkCheck:
+    """Checks the chunk files holding the first ``limit`` rows of one array before zarr reads them.
 
-    def __init__(self, array: zarr.Array, n_steps: int):
+    A missing file is damage when the array carries :data:`CHUNKS_ATTR` (zarr would read its fill
+    value); a blosc chunk whose header disagrees with its file size or the chunk's size is damage
+    whatever the array (blosc would decode garbage from a truncated file, or fail naming nothing).
+    Each chunk is checked once per instance (a ``stat`` and a 16-byte read); reading errors are
+    located to their chunk by :meth:`read`.
+    """
+
+    def __init__(self, array: zarr.Array, name: str, store: Path, unit: str = "steps"):
+        self.array = array
+        self.name = name
+        self.store = store
+        self.unit = unit
+        self.rows = int(array.chunks[0]) if array.ndim else 1
+        self.required = bool(array.attrs.get(CHUNKS_ATTR))
+        grid = array.cdata_shape[1:]
+        self._rest = list(itertools.product(*(range(n) for n in grid)))
+        codecs = array.metadata.codecs
+        blosc = (
+            bool(codecs)
+            and isinstance(codecs[-1], zarr.codecs.BloscCodec)
+            and np.dtype(array.dtype).kind in "biufc"
+        )
+        self._blosc_nbytes = math.prod(array.chunks) * array.dtype.itemsize if blosc else None
+        local = array.store_path.store
+        self._dir = (
+            Path(local.root) / array.store_path.path if isinstance(local, LocalStore) else None
+        )
+        self._ok: set[int] = set()
+
+    # ------------------------------------------------------------------ which chunks
+    def chunks_of(self, index: slice | int | np.ndarray) -> Iterable[int]:
+        """Time-chunk indices covering ``index`` (a normalised slice, int or index array)."""
+        if isinstance(index, slice):
+            start, stop, step = index.start, index.stop, index.step
+            if step == 1:
+                return range(start // self.rows, -(-stop // self.rows)) if stop > start else ()
+            return np.unique(np.arange(start, stop, step) // self.rows).tolist()
+        if isinstance(index, int):
+            return (index // self.rows,)
+        return np.unique(np.asarray(index) // self.rows).tolist()
+
+    def rows_of(self, chunk: int, limit: int) -> tuple[int, int]:
+        return chunk * self.rows, min((chunk + 1) * self.rows, limit)
+
+    def describe(self, chunk: int, limit: int) -> str:
+        start, stop = self.rows_of(chunk, limit)
+        return _span(self.unit, start, stop)
+
+    # ------------------------------------------------------------------ checks
+    def problem(self, chunk: int, limit: int) -> str | None:
+        """What is wrong with the files of time-chunk ``chunk`` (None: nothing)."""
+        if self._dir is None:
+            return None
+        for rest in self._rest:
+            key = self.array.metadata.encode_chunk_key((chunk, *rest))
+            file = self._dir / key
+            try:
+                size = file.stat().st_size
+            except FileNotFoundError:
+                if self.required:
+                    return (
+                        f"{self.name} is missing the chunk file of committed "
+                        f"{self.describe(chunk, limit)} ({key})"
+                    )
+                continue
+            if self._blosc_nbytes is None:
+                continue
+            with file.open("rb") as f:
+                head = f.read(16)
+            nbytes, cbytes = struct.unpack("<4xI4xI", head) if len(head) == 16 else (-1, -1)
+            if cbytes != size or nbytes != self._blosc_nbytes:
+                return (
+                    f"{self.name} cannot be read at committed {self.describe(chunk, limit)}: "
+                    f"chunk file {key} is truncated or damaged ({size} bytes, its blosc header "
+                    f"says {cbytes} bytes holding {nbytes}, expected {self._blosc_nbytes})"
+                )
+        return None
+
+    def error(self, problem: str) -> CorruptStoreError:
+        return CorruptStoreError(
+            f"{self.store}: {problem}; the store is damaged — {inspect_hint(self.store)}, then "
+            "restore the file from a backup or keep only the episodes before it with "
+            f"{repair_command(self.store)}"
+        )
+
+    def verify(self, chunks: Iterable[int], limit: int) -> None:
+        for chunk in chunks:
+            if chunk in self._ok:
+                continue
+            problem = self.problem(chunk, limit)
+            if problem:
+                raise self.error(problem)
+            self._ok.add(chunk)
+
+    def read(self, chunks: Iterable[int], limit: int, read: Callable[[], np.ndarray]) -> np.ndarray:
+        """``read()`` after checking ``chunks``; a failure to decode is located to its chunk."""
+        chunks = list(chunks)
+        self.verify(chunks, limit)
+        try:
+            return read()
+        except (IndexError, TypeError, KeyError, MemoryError):
+            raise
+        except Exception as err:
+            for chunk in chunks:
+                start, stop = self.rows_of(chunk, limit)
+                try:
+                    self.array[start:stop]
+                except Exception as chunk_err:
+                    raise self.error(
+                        f"{self.name} cannot be read at committed {self.describe(chunk, limit)}: "
+                        f"{type(chunk_err).__name__}: {chunk_err}"
+                    ) from err
+            raise
+
+
+class ArrayView:
+    """Read-only view of a ``data/<key>`` array limited to the committed steps ``[0, n_steps)``.
+
+    Reads check the chunk files they need first (:class:`ChunkCheck`): damage is an error naming
+    the array and the steps, never zeros.
+    """
+
+    def __init__(self, array: zarr.Array, n_steps: int, check: ChunkCheck | None = None):
         self._array = array
         self._n = n_steps
+        self._check = check
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -82,74 +290,234 @@ class ArrayView:
             first, rest = index, ()
         if isinstance(first, slice):
             first = slice(*first.indices(self._n))
-        elif isinstance(first, (int, np.integer)):
+            return self._read(first, lambda: self._array[(first, *rest)])
+        if isinstance(first, (int, np.integer)):
             if not -self._n <= first < self._n:
                 raise IndexError(f"step {first} out of range for {self._n} steps")
             first = int(first) % self._n
-        else:
-            idx = np.asarray(first)
-            if idx.dtype == bool:
-                idx = np.flatnonzero(idx)
-            if idx.size and (idx.min() < -self._n or idx.max() >= self._n):
-                raise IndexError(f"step index out of range for {self._n} steps")
-            return self._array.oindex[(idx % max(self._n, 1), *rest)]
-        return self._array[(first, *rest)]
+            return self._read(first, lambda: self._array[(first, *rest)])
+        idx = np.asarray(first)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        if idx.size and (idx.min() < -self._n or idx.max() >= self._n):
+            raise IndexError(f"step index out of range for {self._n} steps")
+        idx = idx % max(self._n, 1)
+        return self._read(idx, lambda: self._array.oindex[(idx, *rest)])
+
+    def _read(self, first: slice | int | np.ndarray, read: Callable[[], np.ndarray]) -> np.ndarray:
+        if self._check is None:
+            return read()
+        return self._check.read(self._check.chunks_of(first), self._n, read)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:]
         return out if dtype is None else out.astype(dtype)
 
 
+# ---------------------------------------------------------------------- the commit record
+@dataclass
+class Commit:
+    """What ``meta/episode_ends`` and the arrays' lengths say (no data chunk is read)."""
+
+    #: Every entry of ``meta/episode_ends``, committed or not.
+    ends: np.ndarray
+    #: Episodes committed: the valid prefix of ``ends``.
+    committed: int
+    #: Episodes a repair keeps: ``committed`` bounded by every ``meta/`` array's length.
+    keep: int
+    #: Why this is damage, not an interrupted write (empty: consistent).
+    problems: list[str] = field(default_factory=list)
+    #: ``data/<key>`` and ``meta/<key>`` (without ``episode_ends``) -> length.
+    data_len: dict[str, int] = field(default_factory=dict)
+    meta_len: dict[str, int] = field(default_factory=dict)
+    #: False when ``meta/episode_ends`` itself cannot be read.
+    readable: bool = True
+
+    def steps(self, episodes: int) -> int:
+        return int(self.ends[episodes - 1]) if episodes else 0
+
+
+def examine_commit(root: zarr.Group) -> Commit:
+    """Check ``meta/episode_ends`` against the arrays: an interrupted write leaves only a tail
+    (data past the last end, one more ``meta/`` entry, one trailing fill-value end); anything else
+    is a problem."""
+    data_len = {
+        f"data/{k}": int(root["data"][k].shape[0]) for k in sorted(root["data"].array_keys())
+    }
+    meta_len = {
+        f"meta/{k}": int(root["meta"][k].shape[0])
+        for k in sorted(root["meta"].array_keys())
+        if k != "episode_ends"
+    }
+    try:
+        ends = np.asarray(root["meta/episode_ends"][:], dtype=np.int64)
+    except Exception as err:  # a damaged chunk of the commit record itself
+        problem = (
+            f"meta/episode_ends (the commit record) cannot be read: {type(err).__name__}: {err}"
+        )
+        empty = np.zeros(0, np.int64)
+        return Commit(empty, 0, 0, [problem], data_len, meta_len, readable=False)
+    shortest = min(data_len, key=data_len.__getitem__) if data_len else None
+    limit = data_len[shortest] if shortest else 0
+    committed, prev, broken = 0, 0, None
+    for i, end in enumerate(ends.tolist()):
+        if end <= 0:
+            broken = f"meta/episode_ends[{i}] = {end} is not positive"
+        elif end <= prev:
+            broken = (
+                f"meta/episode_ends[{i}] = {end} is not greater than "
+                f"meta/episode_ends[{i - 1}] = {prev}"
+            )
+        elif end > limit:
+            where = f"{shortest} ({limit} steps)" if shortest else "the data (no data/ arrays)"
+            broken = f"meta/episode_ends[{i}] = {end} is past the end of {where}"
+        else:
+            prev, committed = end, committed + 1
+            continue
+        break
+    problems = []
+    interrupted_commit = committed == len(ends) - 1 and ends[-1] == 0  # resized, never written
+    if broken and not interrupted_commit:
+        problems.append(broken)
+    for name, n in meta_len.items():
+        if n < committed or (n > committed + 1 and not problems):  # else: a broken record's length
+            problems.append(f"{name} has {n} entries for {committed} episodes")
+    keep = min([committed, *meta_len.values()])
+    return Commit(ends, committed, keep, problems, data_len, meta_len)
+
+
+def damaged_message(path: Path, commit: Commit) -> str:
+    """The one sentence refusing a damaged store."""
+    if not commit.readable:
+        fix = "restore meta/episode_ends from a backup"
+    else:
+        dropped = len(commit.ends) - commit.keep
+        removing = (
+            f" (removing {_span('episodes', commit.keep, len(commit.ends))})" if dropped else ""
+        )
+        fix = f"keep its first {commit.keep} valid episodes{removing} with {repair_command(path)}"
+    return (
+        f"{path} is damaged, not an interrupted write: {'; '.join(commit.problems)}; nothing was "
+        f"changed — {inspect_hint(path)}, and {fix}"
+    )
+
+
+def _open_group(path: Path, mode: str) -> zarr.Group:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no ReplayBuffer store at {path}; collect demonstrations first "
+            "(python collect_demos.py task=<task> ...)"
+        )
+    try:
+        return zarr.open_group(str(path), mode="r+" if mode == "a" else "r")
+    except (zarr.errors.GroupNotFoundError, FileNotFoundError, ValueError) as err:
+        raise ValueError(f"{path} is not a zarr group, so not a ReplayBuffer store: {err}") from err
+
+
+def _missing_parts(root: zarr.Group) -> list[str]:
+    return [k for k in ("data", "meta/episode_ends") if k not in root]
+
+
+def _interrupted_creation(root: zarr.Group) -> bool:
+    """Whether ``root`` is what a store creation killed part-way leaves: no array at all, only
+    the ``data``/``meta`` groups, and no attributes or this layout's."""
+    attrs = root.attrs.asdict()
+    if attrs and attrs.get("layout") != LAYOUT:
+        return False
+    members = list(root.members(max_depth=None))
+    return all(
+        name in ("data", "meta") and not isinstance(node, zarr.Array) for name, node in members
+    )
+
+
+def _create_ends(meta: zarr.Group) -> zarr.Array:
+    return meta.create_array(
+        "episode_ends",
+        shape=(0,),
+        chunks=(4096,),
+        dtype="int64",
+        attributes={CHUNKS_ATTR: True},
+        config=_WRITE_CONFIG,
+    )
+
+
 class ReplayBuffer:
     """A store of episodes; create with :meth:`create`, open with :meth:`open`."""
 
-    def __init__(self, root: zarr.Group, path: Path, mode: str):
+    def __init__(self, root: zarr.Group, path: Path, mode: str, ends: np.ndarray | None = None):
         self._root = root
         self.path = path
         self.mode = mode
-        self._ends = np.asarray(root["meta/episode_ends"][:], dtype=np.int64)
+        if ends is None:
+            ends = root["meta/episode_ends"][:]
+        self._ends = np.asarray(ends, dtype=np.int64)
+        self._checks: dict[str, ChunkCheck] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(
         cls, path: str | Path, attrs: Mapping[str, Any] | None = None, overwrite: bool = False
     ) -> ReplayBuffer:
-        """Create an empty store at ``path``; ``attrs`` (JSON-able) go to the root attributes."""
+        """Create an empty store at ``path``; ``attrs`` (JSON-able) go to the root attributes.
+
+        The store is written beside ``path`` (``.<name>.creating``) and renamed into place, so a
+        creation killed part-way leaves no store behind (the next creation removes the leftover).
+        An empty folder at ``path`` counts as free.
+        """
         path = Path(path)
-        if path.exists() and not overwrite:
+        if path.exists() and not overwrite and not _is_empty_dir(path):
             raise FileExistsError(
                 f"{path} already exists; open it with ReplayBuffer.open(path, 'a') to append, "
                 "or pass overwrite=True to replace it"
             )
-        root = zarr.open_group(str(path), mode="w")
-        root.attrs.update({**dict(attrs or {}), "layout": LAYOUT, "layout_version": LAYOUT_VERSION})
-        root.create_group("data")
-        meta = root.create_group("meta")
-        meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64")
-        return cls(root, path, "a")
+        tmp = path.parent / f".{path.name}.creating"
+        if tmp.exists():  # what a creation killed before its rename left: an empty store
+            shutil.rmtree(tmp)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            root = zarr.open_group(str(tmp), mode="w")
+            root.attrs.update(
+                {**dict(attrs or {}), "layout": LAYOUT, "layout_version": LAYOUT_VERSION}
+            )
+            root.create_group("data")
+            _create_ends(root.create_group("meta"))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        crash_point("store_create")
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        os.replace(tmp, path)
+        return cls(zarr.open_group(str(path), mode="r+"), path, "a", np.zeros(0, np.int64))
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> ReplayBuffer:
         """Open an existing store read-only (``"r"``) or for appending (``"a"``).
 
-        Opening with ``"a"`` removes what an interrupted write left past the last committed episode.
+        Opening with ``"a"`` removes what an interrupted write left past the last committed episode
+        (and completes a store whose creation was interrupted). A damaged store (see the module
+        docstring) raises :class:`CorruptStoreError` and is left untouched.
         """
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"no ReplayBuffer store at {path}; collect demonstrations first "
-                "(python collect_demos.py task=<task> ...)"
-            )
-        try:
-            root = zarr.open_group(str(path), mode="r+" if mode == "a" else "r")
-        except (zarr.errors.GroupNotFoundError, FileNotFoundError, ValueError) as err:
-            raise ValueError(
-                f"{path} is not a zarr group, so not a ReplayBuffer store: {err}"
-            ) from err
-        missing = [k for k in ("data", "meta/episode_ends") if k not in root]
-        if missing:
+        root = _open_group(path, mode)
+        missing = _missing_parts(root)
+        if missing and _interrupted_creation(root):
+            if mode == "r":
+                raise ValueError(
+                    f"{path} is an incomplete ReplayBuffer store: its creation was interrupted "
+                    "before any episode was saved; rerun the collection (or open it with "
+                    "mode='a') to complete it"
+                )
+            logger.warning("%s: completing a store whose creation was interrupted", path)
+            if "layout" not in root.attrs:
+                root.attrs.update({"layout": LAYOUT, "layout_version": LAYOUT_VERSION})
+            root.require_group("data")
+            _create_ends(root.require_group("meta"))
+        elif missing:
             raise ValueError(
                 f"{path} is not a ReplayBuffer store: missing {', '.join(missing)} "
                 "(expected layout: data/<key> arrays + meta/episode_ends)"
@@ -160,10 +528,18 @@ class ReplayBuffer:
                 f"{path} has layout version {version}, newer than this s2policy "
                 f"({LAYOUT_VERSION}); upgrade s2policy"
             )
-        buffer = cls(root, path, mode)
-        buffer._ends = buffer._committed_ends()
+        commit = examine_commit(root)
+        if commit.problems:
+            raise CorruptStoreError(damaged_message(path, commit))
+        if commit.committed < len(commit.ends):
+            logger.warning(
+                "%s: ignoring %d uncommitted episode entries from an interrupted write",
+                path,
+                len(commit.ends) - commit.committed,
+            )
+        buffer = cls(root, path, mode, commit.ends[: commit.committed])
         if mode == "a":
-            buffer._truncate_uncommitted()
+            buffer._drop_uncommitted()
         return buffer
 
     # ------------------------------------------------------------------ reading
@@ -193,7 +569,15 @@ class ReplayBuffer:
     def __getitem__(self, key: str) -> ArrayView:
         if key not in self._root["data"]:
             raise KeyError(f"no data key {key!r} in {self.path}; keys: {', '.join(self.keys())}")
-        return ArrayView(self._root["data"][key], self.n_steps)
+        array = self._root["data"][key]
+        return ArrayView(array, self.n_steps, self._check(f"data/{key}", array))
+
+    def _check(self, name: str, array: zarr.Array) -> ChunkCheck:
+        check = self._checks.get(name)
+        if check is None:
+            unit = "steps" if name.startswith("data/") else "episodes"
+            check = self._checks[name] = ChunkCheck(array, name, self.path, unit)
+        return check
 
     @property
     def episode_ends(self) -> np.ndarray:
@@ -220,13 +604,14 @@ class ReplayBuffer:
 
     def get_episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         sl = self.episode_slice(i)
-        return {k: self._root["data"][k][sl] for k in (keys or self.keys())}
+        return {k: self[k][sl] for k in (keys or self.keys())}
 
     def get_meta(self, key: str) -> np.ndarray:
         """Per-episode values ``meta/<key>`` for the committed episodes."""
         if key not in self.meta_keys():
             raise KeyError(f"no meta key {key!r} in {self.path}; keys: {self.meta_keys()}")
-        return self._root["meta"][key][: self.n_episodes]
+        array = self._root["meta"][key]
+        return ArrayView(array, self.n_episodes, self._check(f"meta/{key}", array))[:]
 
     # ------------------------------------------------------------------ writing
     def add_episode(
@@ -236,14 +621,17 @@ class ReplayBuffer:
 
         ``meta`` maps names to one scalar for this episode, stored in ``meta/<name>``. The first
         episode fixes the keys, per-step shapes and dtypes; later ones must match. Float arrays
-        must be finite.
+        must be finite. What a failed append left is removed first; a damaged chunk the append
+        would rewrite (the last, partly filled one) is refused before anything is written.
         """
         self._check_writable()
         data = {k: np.asarray(v) for k, v in data.items()}
         meta = {k: np.asarray(v) for k, v in (meta or {}).items()}
         self._validate_episode(data, meta)
+        self._verify_last_chunks()
+        self._drop_uncommitted()
         dgroup, mgroup = self._root["data"], self._root["meta"]
-        for key, value in data.items():
+        for i, (key, value) in enumerate(data.items()):
             if key not in dgroup:
                 dgroup.create_array(
                     key,
@@ -251,15 +639,28 @@ class ReplayBuffer:
                     chunks=(_time_chunk(value.shape[1:], value.dtype), *value.shape[1:]),
                     dtype=value.dtype,
                     compressors=_compressor(value.dtype),
+                    attributes={CHUNKS_ATTR: True},
+                    config=_WRITE_CONFIG,
                 )
-            dgroup[key].append(value, axis=0)
+            _writable(dgroup[key]).append(value, axis=0)
+            if i == 0:
+                crash_point("episode_data")
         for key, value in meta.items():
             if key not in mgroup:
-                mgroup.create_array(key, shape=(0,), chunks=(4096,), dtype=value.dtype)
-            mgroup[key].append(value.reshape(1), axis=0)
+                mgroup.create_array(
+                    key,
+                    shape=(0,),
+                    chunks=(4096,),
+                    dtype=value.dtype,
+                    attributes={CHUNKS_ATTR: True},
+                    config=_WRITE_CONFIG,
+                )
+            _writable(mgroup[key]).append(value.reshape(1), axis=0)
+        crash_point("episode_meta")
         new_end = self.n_steps + len(next(iter(data.values())))
-        mgroup["episode_ends"].append(np.array([new_end], dtype=np.int64), axis=0)
+        _writable(mgroup["episode_ends"]).append(np.array([new_end], dtype=np.int64), axis=0)
         self._ends = np.append(self._ends, new_end)
+        crash_point("episode_commit")
 
     def _check_writable(self) -> None:
         if self.mode != "a":
@@ -281,9 +682,9 @@ class ReplayBuffer:
         for key, value in meta.items():
             if value.size != 1:
                 raise ValueError(f"meta[{key!r}] must be one scalar per episode, got {value.shape}")
+        if self.n_episodes == 0:
+            return  # arrays of a first episode that was never committed do not count
         existing = self.keys()
-        if self.n_episodes == 0 and not existing:
-            return
         if set(existing) != set(data):
             raise ValueError(
                 f"episode keys {sorted(data)} do not match the store's keys {existing} "
@@ -302,45 +703,48 @@ class ReplayBuffer:
                     f"data[{key!r}] has dtype {value.dtype}, the store holds {arr.dtype}"
                 )
         existing_meta = self.meta_keys()
-        if existing_meta and set(existing_meta) != set(meta):
+        if set(existing_meta) != set(meta):
             raise ValueError(
                 f"episode meta keys {sorted(meta)} do not match the store's {existing_meta}"
             )
 
-    # ------------------------------------------------------------------ recovery
-    def _committed_ends(self) -> np.ndarray:
-        """``episode_ends`` without entries of an interrupted write (non-increasing or too long)."""
-        ends = self._ends
-        data_len = min((self._root["data"][k].shape[0] for k in self.keys()), default=0)
-        valid = 0
-        prev = 0
-        for end in ends:
-            if end <= prev or end > data_len:
-                break
-            prev, valid = end, valid + 1
-        if valid < len(ends):
-            logger.warning(
-                "%s: ignoring %d uncommitted episode entries from an interrupted write",
-                self.path,
-                len(ends) - valid,
-            )
-        return ends[:valid].copy()
+    def _verify_last_chunks(self) -> None:
+        """The partly filled last chunk of every array is read back and rewritten by an append:
+        check it first (zarr would take a missing one for fill values and store them)."""
+        for group, count in (("data", self.n_steps), ("meta", self.n_episodes)):
+            if count == 0:
+                continue
+            for key in self._root[group].array_keys():
+                if key == "episode_ends":
+                    continue
+                check = self._check(f"{group}/{key}", self._root[group][key])
+                if count % check.rows:
+                    check.verify([(count - 1) // check.rows], count)
 
-    def _truncate_uncommitted(self) -> None:
-        """Resize every array to the committed steps/episodes (what an interrupted write left)."""
+    # ------------------------------------------------------------------ recovery
+    def _drop_uncommitted(self) -> None:
+        """Remove what an interrupted write left past the committed steps/episodes: resize every
+        array to them, or, before the first commit, remove the partial arrays altogether."""
         n_steps, n_eps = self.n_steps, self.n_episodes
+        dgroup, mgroup = self._root["data"], self._root["meta"]
         dropped = []
-        for key in self.keys():
-            arr = self._root["data"][key]
-            if arr.shape[0] != n_steps:
-                dropped.append(f"data/{key}: {arr.shape[0] - n_steps} steps")
-                arr.resize((n_steps, *arr.shape[1:]))
-        for key in [*self.meta_keys(), "episode_ends"]:
-            arr = self._root["meta"][key]
-            if arr.shape[0] != n_eps:
-                dropped.append(f"meta/{key}: {arr.shape[0] - n_eps} entries")
-                arr.resize((n_eps,))
+        for group, count, unit in ((dgroup, n_steps, "steps"), (mgroup, n_eps, "entries")):
+            for key in sorted(group.array_keys()):
+                if key == "episode_ends":
+                    continue
+                arr = group[key]
+                if n_eps == 0:
+                    dropped.append(f"{group.basename}/{key}: all {arr.shape[0]} {unit} (removed)")
+                    del group[key]
+                elif arr.shape[0] != count:
+                    dropped.append(f"{group.basename}/{key}: {arr.shape[0] - count} {unit}")
+                    arr.resize((count, *arr.shape[1:]))
+        ends = mgroup["episode_ends"]
+        if ends.shape[0] != n_eps:
+            dropped.append(f"meta/episode_ends: {ends.shape[0] - n_eps} entries")
+            ends.resize((n_eps,))
         if dropped:
+            self._checks.clear()
             logger.warning("%s: removed an interrupted write (%s)", self.path, "; ".join(dropped))
 
     def __repr__(self) -> str:
@@ -348,3 +752,253 @@ class ReplayBuffer:
             f"ReplayBuffer({str(self.path)!r}, mode={self.mode!r}, episodes={self.n_episodes}, "
             f"steps={self.n_steps}, keys={self.keys()})"
         )
+
+
+# ---------------------------------------------------------------------- inspect / repair
+@dataclass
+class StoreReport:
+    """What :func:`examine_store` found: the commit record, damaged chunks, what a repair keeps."""
+
+    path: Path
+    #: None when the store has no commit record (see ``note``).
+    commit: Commit | None
+    #: Problems of committed chunks (missing, truncated, undecodable).
+    chunk_problems: list[str] = field(default_factory=list)
+    #: Episodes a repair keeps: the longest valid committed prefix.
+    keep: int = 0
+    arrays: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return [*(self.commit.problems if self.commit else []), *self.chunk_problems]
+
+    @property
+    def keep_steps(self) -> int:
+        return self.commit.steps(self.keep) if self.commit else 0
+
+    def removals(self) -> list[tuple[str, int, int, str]]:
+        """``(array, length, new length, unit)`` of every array a repair shrinks."""
+        if self.commit is None or not self.commit.readable:
+            return []
+        out = [
+            (name, n, self.keep_steps, "steps")
+            for name, n in self.commit.data_len.items()
+            if n > self.keep_steps
+        ]
+        out += [
+            (name, n, self.keep, "entries")
+            for name, n in self.commit.meta_len.items()
+            if n > self.keep
+        ]
+        if len(self.commit.ends) > self.keep:
+            out.append(("meta/episode_ends", len(self.commit.ends), self.keep, "entries"))
+        return out
+
+    def removal_text(self) -> str:
+        n_ends = len(self.commit.ends) if self.commit else 0
+        what = (
+            _span("episodes", self.keep, n_ends)
+            if n_ends > self.keep
+            else "no committed episode, only what an interrupted write left"
+        )
+        groups: dict[tuple[str, int, int, str], list[str]] = {}
+        for name, n, m, unit in self.removals():
+            group = name.split("/")[0] if name != "meta/episode_ends" else name
+            groups.setdefault((group, n, m, unit), []).append(name)
+        sizes = {"data": len(self.commit.data_len), "meta": len(self.commit.meta_len)}
+        parts = []
+        for (group, n, m, unit), names in groups.items():
+            every = len(names) > 1 and len(names) == sizes.get(group)
+            label = f"every {'per-episode ' * (group == 'meta')}{group}/ array"
+            parts.append(f"{label if every else ', '.join(names)} {n} -> {m} {unit}")
+        details = ", ".join(parts)
+        return f"{what} ({details})"
+
+    def kept_text(self) -> str:
+        if not self.keep:
+            return "no episodes"
+        return f"{_span('episodes', 0, self.keep)} (steps 0-{self.keep_steps - 1})"
+
+
+def _first_bad_chunk(
+    check: ChunkCheck, limit: int, verify: bool
+) -> tuple[int, str] | tuple[None, None]:
+    for chunk in range(-(-limit // check.rows)):
+        problem = check.problem(chunk, limit)
+        if problem is None and verify:
+            start, stop = check.rows_of(chunk, limit)
+            try:
+                check.array[start:stop]
+            except Exception as err:
+                problem = (
+                    f"{check.name} cannot be read at committed {check.describe(chunk, limit)}: "
+                    f"{type(err).__name__}: {err}"
+                )
+        if problem:
+            return chunk, problem
+    return None, None
+
+
+def examine_store(path: str | Path, verify: bool = True) -> StoreReport:
+    """Everything :func:`inspect_store` prints: the commit record's consistency, and every chunk
+    file of committed data (present, with a matching header; decoded too when ``verify``)."""
+    path = Path(path)
+    root = _open_group(path, "r")
+    missing = _missing_parts(root)
+    if missing:
+        if _interrupted_creation(root):
+            note = "its creation was interrupted before any episode was saved; the next collection "
+            note += "(or ReplayBuffer.open(path, 'a')) completes it"
+            return StoreReport(path, None, notes=[note])
+        raise ValueError(
+            f"{path} is not a ReplayBuffer store: missing {', '.join(missing)} "
+            "(expected layout: data/<key> arrays + meta/episode_ends)"
+        )
+    commit = examine_commit(root)
+    report = StoreReport(path, commit, keep=commit.keep)
+    for group in ("data", "meta"):
+        for key in sorted(root[group].array_keys()):
+            arr = root[group][key]
+            report.arrays[f"{group}/{key}"] = (
+                f"{tuple(arr.shape)} {arr.dtype}, chunks of {arr.chunks[0]}"
+            )
+            if not arr.attrs.get(CHUNKS_ATTR):
+                report.notes.append(
+                    f"{group}/{key} was written before s2policy stored every chunk: a missing "
+                    "chunk file of it reads as zeros and cannot be told from all-zero data"
+                )
+    if not commit.readable:
+        return report
+    ends = commit.ends
+    limit_steps = commit.steps(report.keep)
+    for key in sorted(root["data"].array_keys()):
+        check = ChunkCheck(root["data"][key], f"data/{key}", path, "steps")
+        chunk, problem = _first_bad_chunk(check, limit_steps, verify)
+        if problem:
+            report.chunk_problems.append(problem)
+            first_bad = chunk * check.rows
+            report.keep = min(
+                report.keep, int(np.searchsorted(ends[: report.keep], first_bad, "right"))
+            )
+    for key in sorted(root["meta"].array_keys()):
+        if key == "episode_ends":
+            continue
+        check = ChunkCheck(root["meta"][key], f"meta/{key}", path, "episodes")
+        chunk, problem = _first_bad_chunk(check, commit.keep, verify)
+        if problem:
+            report.chunk_problems.append(problem)
+            report.keep = min(report.keep, chunk * check.rows)
+    if not report.problems and report.removals():
+        report.notes.append(
+            f"an interrupted write left {report.removal_text()} past the last committed episode; "
+            "the next append or a repair removes it"
+        )
+    return report
+
+
+def inspect_store(path: str | Path, verify: bool = True) -> StoreReport:
+    """Print a store's episodes, steps, arrays and every inconsistency found."""
+    report = examine_store(path, verify)
+    print(report.path)
+    commit = report.commit
+    if commit is None:
+        print(f"  empty: {report.notes[0]}")
+        return report
+    lengths = sorted(set(commit.data_len.values())) or [0]
+    held = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
+    print(
+        f"  episodes: {len(commit.ends)} entries in meta/episode_ends, {commit.committed} valid; "
+        f"steps: {commit.steps(commit.committed)} committed, the data/ arrays hold {held}"
+    )
+    for name, desc in report.arrays.items():
+        print(f"  {name}: {desc}")
+    for note in report.notes:
+        print(f"  note: {note}")
+    for problem in report.problems:
+        print(f"  problem: {problem}")
+    if report.problems:
+        removing = report.removal_text() if report.removals() else "nothing"
+        print(
+            f"  repair: keeps {report.kept_text()} and removes {removing}: "
+            f"{repair_command(report.path)}"
+            if commit.readable
+            else "  repair: not possible (the commit record is unreadable); restore "
+            "meta/episode_ends from a backup"
+        )
+    else:
+        print("  no problems")
+    return report
+
+
+def repair_store(path: str | Path, confirm: bool = False, verify: bool = True) -> StoreReport:
+    """Keep the longest valid committed prefix of episodes; without ``confirm`` only say what
+    would be removed."""
+    report = examine_store(path, verify)
+    path = report.path
+    if report.commit is None:
+        print(f"{path}: nothing to repair ({report.notes[0]})")
+        return report
+    if not report.commit.readable:
+        raise CorruptStoreError(damaged_message(path, report.commit))
+    removals = report.removals()
+    if not removals:
+        print(
+            f"{path}: nothing to repair ({report.keep} episodes, {report.keep_steps} steps, "
+            "no problems)"
+        )
+        return report
+    if not confirm:
+        print(
+            f"{path}: repair would remove {report.removal_text()} and keep {report.kept_text()}; "
+            "nothing was changed — rerun with confirm=true to do it"
+        )
+        return report
+    root = zarr.open_group(str(path), mode="r+")
+    order = sorted(removals, key=lambda r: r[0] != "meta/episode_ends")  # the commit record first
+    for name, _, new, _ in order:
+        arr = root[name]
+        arr.resize((new, *arr.shape[1:]))
+    print(f"{path}: removed {report.removal_text()}; kept {report.kept_text()}")
+    return report
+
+
+ACTIONS = ("inspect", "repair")
+
+
+@dataclass
+class StoreConfig:
+    """``configs/store.yaml``: ``action=inspect`` or ``action=repair`` of the store ``store``."""
+
+    action: str = "???"
+    #: The ReplayBuffer store (a ``.zarr`` folder).
+    store: str = "???"
+    #: repair: actually remove the damaged episodes (false: only print what would be removed).
+    confirm: bool = False
+    #: Decompress every chunk of committed data (false: only check the chunk files and headers).
+    verify: bool = True
+
+    def __post_init__(self):
+        if self.action not in ACTIONS:
+            raise ValueError(f"action must be one of {ACTIONS}, got {self.action!r}")
+        if self.confirm and self.action != "repair":
+            raise ValueError("confirm=true applies to action=repair only")
+
+
+def run(cfg: StoreConfig) -> None:
+    if cfg.action == "inspect":
+        if inspect_store(cfg.store, cfg.verify).problems:
+            sys.exit(1)
+    else:
+        repair_store(cfg.store, cfg.confirm, cfg.verify)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``s2policy-store action=inspect|repair store=... [confirm=true]`` (``argv``: in-process)."""
+    from s2policy.configs import run_hydra
+
+    run_hydra("store", "replay_buffer", run, argv)
+
+
+if __name__ == "__main__":
+    main()

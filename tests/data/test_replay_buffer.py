@@ -167,3 +167,19 @@ def test_unknown_keys(store):
         buf["wrist"]
     with pytest.raises(KeyError, match="no meta key"):
         buf.get_meta("episode_rewards")
+
+
+def test_meta_keys_cannot_start_after_the_first_episode(tmp_path, rng):
+    buf = ReplayBuffer.create(tmp_path / "nometa.zarr")
+    buf.add_episode(episode(rng, 3))
+    # A meta array begun at episode 1 would be shorter than episode_ends: a damaged store.
+    with pytest.raises(ValueError, match=r"meta keys \['episode_seeds'\] do not match"):
+        buf.add_episode(episode(rng, 2), meta={"episode_seeds": 1})
+    assert ReplayBuffer.open(buf.path).meta_keys() == [] and buf.n_episodes == 1
+
+
+def test_a_killed_creation_leaves_no_store_and_the_next_creation_succeeds(tmp_path):
+    path = tmp_path / "demo.zarr"
+    (tmp_path / ".demo.zarr.creating").mkdir()  # what a creation killed before its rename left
+    assert ReplayBuffer.create(path, attrs={"task": "x"}).attrs == {"task": "x"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.zarr"]
