@@ -1,17 +1,19 @@
-"""Typed config schemas registered with hydra's ConfigStore (the YAML in ``configs/`` overrides),
-and the one way every command runs: :func:`run_hydra`."""
+"""Every typed config schema, registered with hydra's ConfigStore (the YAML in ``configs/``
+overrides): what the commands of :mod:`s2policy.cli` compose. The packages' own commands register
+only their schema (:func:`s2policy.hydra_app.schemas`), so no package depends on this registry.
+"""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-#: The repository's ``configs/`` folder (beside the package; it is installed editable).
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from s2policy.hydra_app import CONFIG_DIR, to_object
+from s2policy.hydra_app import run_hydra as _run_hydra
+
+__all__ = ["CONFIG_DIR", "register_configs", "run_hydra", "to_object"]
 
 
 def register_configs() -> None:
@@ -50,62 +52,11 @@ def register_configs() -> None:
     cs.store(name="robot_keys_schema", node=RobotKeysConfig)
 
 
-def to_object(cfg):
-    """Hydra ``DictConfig`` -> the typed dataclass (runs each ``__post_init__`` validation)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_object(cfg)
-
-
-def check_choices() -> None:
-    """Refuse a config group choice that names a schema (``policy=mlp_schema``): a schema is
-    what a group's YAML files are checked against, not one of them, and its defaults would run
-    silently."""
-    from hydra.core.hydra_config import HydraConfig
-
-    for group, choice in HydraConfig.get().runtime.choices.items():
-        if group.startswith("hydra") or not isinstance(choice, str):
-            continue
-        if choice.endswith("_schema"):
-            folder = CONFIG_DIR / group.split("@")[0]
-            options = sorted(p.stem for p in folder.glob("*.yaml"))
-            raise ValueError(
-                f"{group}={choice} names the schema of configs/{group.split('@')[0]}/, not a "
-                f"config; choose one of {options}"
-            )
-
-
 def run_hydra(
     config_name: str,
     job_name: str,
     body: Callable[[Any], None],
     argv: Sequence[str] | None = None,
 ) -> None:
-    """Run ``body(typed config)`` as the hydra app of ``configs/<config_name>.yaml``.
-
-    The command line (``key=value`` overrides, ``-m``, ``--help``, ...) is ``sys.argv[1:]``, or
-    ``argv`` for in-process calls. ``job_name`` is hydra's ``hydra.job.name`` (log file, SLURM
-    job name): that of the command's script, wherever the entry point lives.
-    """
-    import hydra
-
-    import envs  # noqa: F401  (chooses the headless GL backend before mujoco is imported)
-
-    register_configs()
-
-    def task(dict_cfg) -> None:
-        check_choices()
-        body(to_object(dict_cfg))
-
-    # hydra names the job after the task function's module (its config path is absolute).
-    task.__module__ = job_name
-    app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)
-    if argv is None:
-        app()
-        return
-    saved = sys.argv
-    sys.argv = [job_name, *map(str, argv)]
-    try:
-        app()
-    finally:
-        sys.argv = saved
+    """:func:`s2policy.hydra_app.run_hydra` with every schema registered."""
+    _run_hydra(config_name, job_name, body, argv, register_configs)

@@ -5,16 +5,32 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
-#: Environment variable naming a crash point (tests kill a process there, as a power cut would).
+#: Environment variable naming a crash point, ``name`` or ``name@N`` (its N-th time): crash tests
+#: kill a process there, as a power cut would.
 CRASH_ENV = "S2POLICY_CRASH_AT"
+_crash_hits: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
     """Die at once (no clean-up, exit status 137 as after SIGKILL) when ``$S2POLICY_CRASH_AT``
-    names this point: the crash tests' hook for killing a write at a chosen step."""
-    if os.environ.get(CRASH_ENV) == name:
+    names this point (``name@N``: the N-th time it is reached). The points: collection's
+    ``store_create``, ``episode_data``, ``episode_meta``, ``episode_commit``
+    (:mod:`s2policy.data.replay_buffer`); caching's ``cache.create``, ``cache.chunk``,
+    ``cache.done`` (:mod:`s2policy.features.cache`); a checkpoint's ``swap:checkpoint``
+    (:func:`swap_in`)."""
+    target = os.environ.get(CRASH_ENV)
+    if not target:
+        return
+    want, _, nth = target.partition("@")
+    if want != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] >= int(nth or 1):
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(137)
 
 

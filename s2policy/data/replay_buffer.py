@@ -50,6 +50,8 @@ import zarr.codecs
 import zarr.errors
 from zarr.storage import LocalStore
 
+from s2policy.fileio import crash_point
+
 logger = logging.getLogger(__name__)
 
 LAYOUT = "s2policy.replay_buffer"
@@ -62,34 +64,9 @@ CHUNKS_ATTR = "s2policy_all_chunks_written"
 #: zarr skips chunks holding fill values only unless told otherwise; a missing chunk would then be
 #: indistinguishable from a deleted one.
 _WRITE_CONFIG = {"write_empty_chunks": True}
-#: Environment variable naming the crash point (``name`` or ``name@N``) for crash tests.
-CRASH_ENV = "S2POLICY_CRASH_AT"
-#: The named points of a write (see :func:`crash_point`).
+#: The named points of a write (see :func:`s2policy.fileio.crash_point`).
 CRASH_POINTS = ("store_create", "episode_data", "episode_meta", "episode_commit")
-_crash_hits: dict[str, int] = {}
 COMMAND = "python -m s2policy.data.replay_buffer"
-
-
-def crash_point(name: str) -> None:
-    """End the process (``os._exit(137)``, like SIGKILL) if ``$S2POLICY_CRASH_AT`` names this point.
-
-    ``S2POLICY_CRASH_AT=episode_meta@3`` ends it the third time ``episode_meta`` is reached. The
-    points: ``store_create`` (the new store is written, not yet renamed into place),
-    ``episode_data`` (the first ``data/`` array of an episode is appended, the others not),
-    ``episode_meta`` (data and ``meta/`` arrays appended, ``meta/episode_ends`` not) and
-    ``episode_commit`` (right after ``meta/episode_ends`` is extended).
-    """
-    target = os.environ.get(CRASH_ENV)
-    if not target:
-        return
-    want, _, nth = target.partition("@")
-    if want != name:
-        return
-    _crash_hits[name] = _crash_hits.get(name, 0) + 1
-    if _crash_hits[name] >= int(nth or 1):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(137)
 
 
 class CorruptStoreError(ValueError):
@@ -995,9 +972,9 @@ def run(cfg: StoreConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``s2policy-store action=inspect|repair store=... [confirm=true]`` (``argv``: in-process)."""
-    from s2policy.configs import run_hydra
+    from s2policy.hydra_app import run_hydra, schemas
 
-    run_hydra("store", "replay_buffer", run, argv)
+    run_hydra("store", "replay_buffer", run, argv, schemas(store_schema=StoreConfig))
 
 
 if __name__ == "__main__":

@@ -374,9 +374,9 @@ def run(cfg: RobomimicConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``s2policy-robomimic action=import|export src=... dst=...`` (``argv``: in-process)."""
-    from s2policy.configs import run_hydra
+    from s2policy.hydra_app import run_hydra, schemas
 
-    run_hydra("robomimic", "robomimic_io", run, argv)
+    run_hydra("robomimic", "robomimic_io", run, argv, schemas(robomimic_schema=RobomimicConfig))
 
 
 if __name__ == "__main__":

@@ -129,9 +129,10 @@ def encoder_config(name: str, weights: str | None = None, configs: str | Path | 
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from omegaconf import OmegaConf
 
-    from s2policy.configs import CONFIG_DIR, register_configs
+    from s2policy.encoders.s2 import EncoderConfig
+    from s2policy.hydra_app import CONFIG_DIR, schemas
 
-    register_configs()
+    schemas(encoder_choice_schema={"encoder": EncoderConfig})()
     backup = get_gh_backup()  # also works inside a running hydra app (restored below)
     GlobalHydra.instance().clear()
     try:
@@ -162,9 +163,9 @@ def run_probe(cfg: ProbeConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``s2policy-probe dataset=... encoders=[...] weights=[...]`` (``argv``: in-process)."""
-    from s2policy.configs import run_hydra
+    from s2policy.hydra_app import run_hydra, schemas
 
-    run_hydra("probe", "probe", run_probe, argv)
+    run_hydra("probe", "probe", run_probe, argv, schemas(probe_schema=ProbeConfig))
 
 
 if __name__ == "__main__":

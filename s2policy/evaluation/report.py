@@ -324,9 +324,9 @@ def run_report(cfg: ReportConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``s2policy-report runs=[...] out=... tasks=[...]`` (``argv``: in-process arguments)."""
-    from s2policy.configs import run_hydra
+    from s2policy.hydra_app import run_hydra, schemas
 
-    run_hydra("report", "report", run_report, argv)
+    run_hydra("report", "report", run_report, argv, schemas(report_schema=ReportConfig))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from zarr.core.sync import sync
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.encoders.s2 import S2Encoder
+from s2policy.fileio import crash_point
 from s2policy.runtime import DTYPES
 
 logger = logging.getLogger(__name__)
@@ -49,17 +49,6 @@ logger = logging.getLogger(__name__)
 FEATURES = "features"
 #: Attributes a cache's group has once its creation finished (written together, after the arrays).
 CREATED_ATTRS = ("spec", "dtype", "dataset_identity", "cameras", "n_steps", "chunk_steps")
-#: Environment variable naming the :func:`crash_point` at which the process kills itself.
-CRASH_ENV = "S2POLICY_CRASH_AT"
-
-
-def crash_point(name: str) -> None:
-    """Exit at once (status 137, as SIGKILL) when ``$S2POLICY_CRASH_AT == name``: crash tests
-    stop a build at ``cache.create`` (arrays made, attributes not yet), ``cache.chunk`` (a chunk's
-    features written, its done flag not yet) or ``cache.done`` (every flag set, ``complete`` not
-    yet)."""
-    if os.environ.get(CRASH_ENV) == name:
-        os._exit(137)
 
 
 class CacheError(ValueError):

@@ -75,9 +75,9 @@ def _run(cfg: RobotKeysConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``s2policy-robot-keys dir=... name=...`` (``argv``: in-process arguments)."""
-    from s2policy.configs import run_hydra
+    from s2policy.hydra_app import run_hydra, schemas
 
-    run_hydra("robot_keys", "robot_keys", _run, argv)
+    run_hydra("robot_keys", "robot_keys", _run, argv, schemas(robot_keys_schema=RobotKeysConfig))
 
 
 if __name__ == "__main__":

@@ -189,9 +189,9 @@ def _run(cfg: RobotRunConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The robot loop on a checkpoint (``configs/robot.yaml``; console script s2policy-robot)."""
-    from s2policy.configs import run_hydra
+    from s2policy.hydra_app import run_hydra, schemas
 
-    run_hydra("robot", "robot_run", _run, argv)
+    run_hydra("robot", "robot_run", _run, argv, schemas(robot_schema=RobotRunConfig))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+"""The one way every command runs: a hydra app of ``configs/<name>.yaml`` whose config is
+checked by a typed dataclass (:func:`run_hydra`). A leaf module: it imports no other part of
+s2policy, so any package can give itself a command line without depending on the others."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+#: The repository's ``configs/`` folder (beside the package; it is installed editable).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def schemas(**nodes: Any) -> Callable[[], None]:
+    """A registration of these schemas by name (``report_schema=ReportConfig``)."""
+
+    def register() -> None:
+        from hydra.core.config_store import ConfigStore
+
+        cs = ConfigStore.instance()
+        for name, node in nodes.items():
+            cs.store(name=name, node=node)
+
+    return register
+
+
+def to_object(cfg):
+    """Hydra ``DictConfig`` -> the typed dataclass (runs each ``__post_init__`` validation)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(cfg)
+
+
+def check_choices() -> None:
+    """Refuse a config group choice that names a schema (``policy=mlp_schema``): a schema is
+    what a group's YAML files are checked against, not one of them, and its defaults would run
+    silently."""
+    from hydra.core.hydra_config import HydraConfig
+
+    for group, choice in HydraConfig.get().runtime.choices.items():
+        if group.startswith("hydra") or not isinstance(choice, str):
+            continue
+        if choice.endswith("_schema"):
+            folder = CONFIG_DIR / group.split("@")[0]
+            options = sorted(p.stem for p in folder.glob("*.yaml"))
+            raise ValueError(
+                f"{group}={choice} names the schema of configs/{group.split('@')[0]}/, not a "
+                f"config; choose one of {options}"
+            )
+
+
+def run_hydra(
+    config_name: str,
+    job_name: str,
+    body: Callable[[Any], None],
+    argv: Sequence[str] | None = None,
+    register: Callable[[], None] | None = None,
+) -> None:
+    """Run ``body(typed config)`` as the hydra app of ``configs/<config_name>.yaml``, after
+    ``register()`` put the schemas it needs in hydra's ConfigStore.
+
+    The command line (``key=value`` overrides, ``-m``, ``--help``, ...) is ``sys.argv[1:]``, or
+    ``argv`` for in-process calls. ``job_name`` is hydra's ``hydra.job.name`` (log file, SLURM
+    job name): that of the command's script, wherever the entry point lives.
+    """
+    import hydra
+
+    import envs  # noqa: F401  (chooses the headless GL backend before mujoco is imported)
+
+    if register is not None:
+        register()
+
+    def task(dict_cfg) -> None:
+        check_choices()
+        body(to_object(dict_cfg))
+
+    # hydra names the job after the task function's module (its config path is absolute).
+    task.__module__ = job_name
+    app = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)
+    if argv is None:
+        app()
+        return
+    saved = sys.argv
+    sys.argv = [job_name, *map(str, argv)]
+    try:
+        app()
+    finally:
+        sys.argv = saved
