@@ -84,6 +84,18 @@ def store_attrs(task: TaskConfig) -> dict[str, Any]:
     }
 
 
+def _differences(stored: dict, wanted: dict, prefix: str = "") -> dict[str, tuple]:
+    """The leaves of ``wanted`` that ``stored`` differs in, by dotted key (``env.image_size``)."""
+    diff: dict[str, tuple] = {}
+    for key, value in wanted.items():
+        have = stored.get(key)
+        if isinstance(value, dict) and isinstance(have, dict):
+            diff.update(_differences(have, value, f"{prefix}{key}."))
+        elif have != value:
+            diff[f"{prefix}{key}"] = (have, value)
+    return diff
+
+
 def open_for_collection(path: Path, attrs: dict[str, Any], overwrite: bool) -> ReplayBuffer:
     """Create the store, or open it to append after checking it was made with the same task.
 
@@ -97,7 +109,7 @@ def open_for_collection(path: Path, attrs: dict[str, Any], overwrite: bool) -> R
         buffer.update_attrs(attrs)
         return buffer
     stored = buffer.attrs
-    diff = {k: (stored.get(k), v) for k, v in attrs.items() if stored.get(k) != v}
+    diff = _differences(stored, attrs)
     if diff:
         details = "; ".join(f"{k}: store has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
         raise ValueError(

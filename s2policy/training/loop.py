@@ -67,7 +67,7 @@ def resolve_cameras(cfg: RunConfig, task: TaskConfig, store_cameras: list[str]) 
     if missing:
         raise ValueError(
             f"the policy needs camera(s) {missing}, but {cfg.dataset} has {store_cameras}; set "
-            "policy.cameras to a subset, or [] for a blind (state-only) policy"
+            "policy.cameras to a subset, or encoder=blind for a state-only policy"
         )
     return cameras
 
