@@ -290,6 +290,22 @@ class PolicyRunner(ActionRunner):
         )
         self.cameras = trained.cameras
         self.live = LiveEncoder.from_info(trained.encoder, self.device) if trained.encoder else None
+        if self.live is not None:
+            self._check_feature_shapes()
+
+    def _check_feature_shapes(self) -> None:
+        """The rebuilt encoder must give the features the policy was trained on (a consistent
+        edit of the encoder in ``policy.json`` would otherwise fail deep in a matrix product)."""
+        height, width = self.trained.task.env.image_size
+        shape = tuple(self.live.encoder.output_shape(height, width))
+        for cam in self.cameras:
+            trained = tuple(self.trained.shape_meta["features"][cam])
+            if shape != trained:
+                raise ValueError(
+                    f"the encoder of {self.trained.path} gives features of shape {shape} at "
+                    f"{height}x{width} px, but the policy was trained on {trained} for camera "
+                    f"{cam!r} (was policy.json edited?); restore the checkpoint or retrain"
+                )
 
     # -- inference ----------------------------------------------------------------------------
 
