@@ -203,6 +203,18 @@ class ChunkCheck:
             f"{repair_command(self.store)}"
         )
 
+    def damaged(self, chunks: Iterable[int], limit: int) -> list[int]:
+        """Those of ``chunks`` whose files have a problem (the others are not checked again)."""
+        bad = []
+        for chunk in chunks:
+            if chunk in self._ok:
+                continue
+            if self.problem(chunk, limit):
+                bad.append(int(chunk))
+            else:
+                self._ok.add(chunk)
+        return bad
+
     def verify(self, chunks: Iterable[int], limit: int) -> None:
         for chunk in chunks:
             if chunk in self._ok:

@@ -99,6 +99,9 @@ class Rollouts:
         self.slots = [Slot() for _ in range(self.n_envs)]
         self.queue: deque = deque()
         self.episodes: list[dict[str, Any]] = []
+        #: Each environment's latest privileged state (``info`` minus ``success``): object poses,
+        #: goal. Given to the runner beside the observation, for policies and experts that use it.
+        self.privileged: list[dict[str, np.ndarray]] = [{} for _ in range(self.n_envs)]
 
     def run(self, seeds: list[int]) -> list[dict[str, Any]]:
         """Per-episode records (seed, success, steps, wall time, video), in seed-list order."""
@@ -111,8 +114,9 @@ class Rollouts:
         try:
             obs = self._start(venv, np.ones(self.n_envs, dtype=bool))
             while self._active().any():
-                actions = self.runner.act(obs, self._active())
+                actions = self.runner.act(self._observations(obs), self._active())
                 obs, _, terminated, truncated, infos = venv.step(actions)
+                self._keep_privileged(infos, np.ones(self.n_envs, dtype=bool))
                 finished = np.logical_or(terminated, truncated)  # idle slots too: must reset
                 for i in np.flatnonzero(self._active()):
                     self._record_step(i, obs, bool(infos["success"][i]), finished[i])
@@ -121,6 +125,19 @@ class Rollouts:
         finally:
             venv.close()
         return self.episodes
+
+    def _observations(self, obs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return [
+            {**{k: v[i] for k, v in obs.items()}, **self.privileged[i]} for i in range(self.n_envs)
+        ]
+
+    def _keep_privileged(self, infos: dict[str, Any], mask: np.ndarray) -> None:
+        for i in np.flatnonzero(mask):
+            self.privileged[i] = {
+                k: np.asarray(v[i])
+                for k, v in infos.items()
+                if not k.startswith("_") and k != "success" and infos.get(f"_{k}", mask)[i]
+            }
 
     def _active(self) -> np.ndarray:
         return np.array([s.index >= 0 for s in self.slots])
@@ -134,10 +151,11 @@ class Rollouts:
             else:
                 self.slots[i] = Slot(seed=self.slots[i].seed)
         seeds = [s.seed for s in self.slots]
-        new_obs, _ = venv.reset(
+        new_obs, infos = venv.reset(
             seed=[int(x) if m else None for x, m in zip(seeds, mask, strict=True)],
             options={"reset_mask": mask},
         )
+        self._keep_privileged(infos, mask)
         self.runner.reset(seeds, mask)
         for i in np.flatnonzero(mask):
             slot = self.slots[i]

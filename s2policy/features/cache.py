@@ -38,7 +38,7 @@ import torch
 import zarr
 from zarr.core.sync import sync
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.replay_buffer import ChunkCheck, ReplayBuffer
 from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.encoders.s2 import S2Encoder
 from s2policy.fileio import crash_point
@@ -139,6 +139,9 @@ class FeatureArray:
 
     def __init__(self, info: CacheInfo, camera: str, array: zarr.Array):
         self.info, self.camera, self._array = info, camera, array
+        # blosc headers against file sizes, once per chunk: a truncated chunk can decode to
+        # garbage without any error, or fail with a bare codec error
+        self._check = ChunkCheck(array, camera, info.path)
 
     shape = property(lambda self: self._array.shape)
     dtype = property(lambda self: self._array.dtype)
@@ -160,17 +163,20 @@ class FeatureArray:
         return out if dtype is None else out.astype(dtype)
 
     def _read(self, read: Callable[[Any], np.ndarray], selection: Any) -> np.ndarray:
+        first = selection[0] if isinstance(selection, tuple) else selection
+        try:
+            touched = np.unique(np.arange(len(self))[first] // self._array.chunks[0]).tolist()
+        except Exception:  # noqa: BLE001  (an unusual selection: check every chunk)
+            touched = list(range(self._array.cdata_shape[0]))
+        bad = self._check.damaged(touched, len(self))
+        if bad:
+            raise _damage_error(self.info, self.camera, bad, missing=False)
         try:
             return read(selection)
         except (CacheError, IndexError, TypeError):
             raise
         except Exception as err:
-            first = selection[0] if isinstance(selection, tuple) else selection
-            try:
-                chunks = np.unique(np.arange(len(self))[first] // self._array.chunks[0]).tolist()
-            except Exception:
-                chunks = range(self._array.cdata_shape[0])
-            bad = _undecodable(self._array, chunks)
+            bad = _undecodable(self._array, touched)
             if not bad:
                 raise
             raise _damage_error(self.info, self.camera, bad, missing=False) from err
@@ -610,7 +616,11 @@ def _check_chunks(info: CacheInfo) -> None:
         done = np.flatnonzero(group[f"done/{cam}"][:] == 1).tolist()
         stored_chunks = _stored_chunks(array)
         missing = [i for i in done if i not in stored_chunks]
-        undecodable = _undecodable(array, [i for i in done if i in stored_chunks])
+        present = [i for i in done if i in stored_chunks]
+        check = ChunkCheck(array, cam, info.path)
+        undecodable = sorted(
+            set(check.damaged(present, n_steps)) | set(_undecodable(array, present))
+        )
         damaged[cam] = missing + undecodable
         for chunks, what in (
             (missing, "chunk file missing"),
