@@ -202,6 +202,9 @@ class S2Encoder(nn.Module):
 
 #: The backbone name of the blind (state-only) baseline: ``encoder=blind``.
 BLIND = "none"
+#: The backbone name of the oracle ceiling: the privileged object state (poses, goal) in place
+#: of image features (``encoder=oracle``; see :mod:`s2policy.data.privileged`).
+ORACLE = "oracle"
 
 
 @dataclass
@@ -209,7 +212,8 @@ class EncoderConfig:
     """``configs/encoder/*.yaml``: a backbone and how S² runs it."""
 
     #: Backbone name from ``s2policy.encoders.backbones.BACKBONES`` (``vit_t``, ``vit_b``, ...),
-    #: or ``none``: no visual features (the blind, state-only baseline of a sweep).
+    #: ``none``: no visual features (the blind, state-only floor of a sweep), or ``oracle``: the
+    #: privileged object state instead of images (the ceiling).
     backbone: str = "vit_micro"
     #: Weights: null (random init), a file path, ``hub`` (local HF cache) or a pretrained name.
     weights: str | None = None
@@ -226,7 +230,7 @@ class EncoderConfig:
 
     def __post_init__(self):
         self.scales = tuple(int(s) for s in self.scales)
-        if self.is_blind:
+        if not self.is_image:
             return
         get_spec(self.backbone)  # unknown names fail here, at config time
         if not self.scales or min(self.scales) <= 0:
@@ -243,6 +247,15 @@ class EncoderConfig:
     def is_blind(self) -> bool:
         return self.backbone == BLIND
 
+    @property
+    def is_oracle(self) -> bool:
+        return self.backbone == ORACLE
+
+    @property
+    def is_image(self) -> bool:
+        """A real image encoder (neither the blind floor nor the oracle ceiling)."""
+        return self.backbone not in (BLIND, ORACLE)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["scales"] = list(self.scales)
@@ -251,8 +264,8 @@ class EncoderConfig:
 
 def build_encoder(cfg: EncoderConfig) -> S2Encoder:
     """The frozen S² encoder that ``cfg`` describes (eval mode, no gradients)."""
-    if cfg.is_blind:
-        raise ValueError("encoder backbone 'none' (blind) has no encoder to build")
+    if not cfg.is_image:
+        raise ValueError(f"encoder backbone {cfg.backbone!r} is not an image encoder to build")
     base = cfg.base_size or min(cfg.scales)
     backbone, bcfg = build_backbone(
         cfg.backbone, cfg.weights, img_size=base, init_seed=cfg.init_seed

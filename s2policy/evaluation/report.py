@@ -30,13 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from s2policy.encoders.s2 import BLIND
+from s2policy.encoders.s2 import BLIND, ORACLE
 from s2policy.evaluation.stats import success_rate
 
 COLUMNS = ["task", "demos", "dataset", "backbone", "scales", "weights", "params_M",
            "gflops_per_img", "encoder_ms", "probe_object_r2", "probe_gripper_r2", "policy",
-           "randomization", "success", "ci95_low", "ci95_high", "episodes", "seeds",
+           "randomization", "success", "ci95_low", "ci95_high", "normalized", "episodes", "seeds",
            "seed_rates"]  # fmt: skip
+#: What a blind and an oracle row must share with a row to normalize its rate.
+FLOOR_KEYS = ("task", "dataset", "demos", "policy", "randomization")
+BLIND_LABEL, ORACLE_LABEL = "blind (state only)", "oracle (privileged state)"
 #: What identifies a configuration across tasks (the summary's rows).
 CONFIG_KEYS = ("demos", "backbone", "scales", "weights", "policy", "randomization")
 
@@ -82,7 +85,7 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for key, runs in sorted(groups.items(), key=str):
         task, dataset, demos, backbone, scales, weights, policy, rand = key
-        blind = backbone == BLIND
+        blind, oracle = backbone == BLIND, backbone == ORACLE
         wins = sum(r["successes"] for r in runs)
         n = sum(r["n_episodes"] for r in runs)
         rate = success_rate(wins, n)
@@ -100,9 +103,9 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "task": task,
                 "demos": demos,
                 "dataset": dataset,
-                "backbone": "blind (state only)" if blind else backbone,
-                "scales": "-" if blind else "(" + ", ".join(map(str, scales)) + ")",
-                "weights": "-" if blind else (weights or "random"),
+                "backbone": BLIND_LABEL if blind else ORACLE_LABEL if oracle else backbone,
+                "scales": "-" if blind or oracle else "(" + ", ".join(map(str, scales)) + ")",
+                "weights": "-" if blind or oracle else (weights or "random"),
                 "params_M": runs[0]["encoder"]["params"] / 1e6,
                 "gflops_per_img": runs[0]["encoder"]["gflops_per_image"],
                 "encoder_ms": float(np.mean(enc_ms)) if enc_ms else 0.0,
@@ -118,6 +121,23 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "seed_rates": " ".join(f"s{s}:{100 * v:.0f}%" for s, v in by_seed),
             }
         )
+    return normalize(rows)
+
+
+def normalize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row's ``normalized`` score ``(rate - blind) / (oracle - blind)``: 0 = what the state
+    alone gives, 1 = what the privileged object state gives the same policy; ``None`` without a
+    blind and an oracle row of the same task, dataset, policy and randomization (or when the
+    oracle is not above the blind floor)."""
+    bounds: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if r["backbone"] in (BLIND_LABEL, ORACLE_LABEL):
+            bounds[tuple(r[k] for k in FLOOR_KEYS)][r["backbone"]] = r["success"]
+    for r in rows:
+        b = bounds.get(tuple(r[k] for k in FLOOR_KEYS), {})
+        floor, ceiling = b.get(BLIND_LABEL), b.get(ORACLE_LABEL)
+        ok = floor is not None and ceiling is not None and ceiling > floor
+        r["normalized"] = (r["success"] - floor) / (ceiling - floor) if ok else None
     return rows
 
 
@@ -180,9 +200,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| task | demos | backbone | scales | weights | params (M) | GFLOPs/img | "
         "encoder ms/call | probe R² object | probe R² gripper | policy | randomization | "
-        "success [95% CI] | episodes | seeds (per-seed success) |",
+        "success [95% CI] | normalized | episodes | seeds (per-seed success) |",
         "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- "
-        "| ---: | --- |",
+        "| ---: | ---: | --- |",
     ]
 
     def r2(v):
@@ -195,7 +215,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             f"{r2(r['probe_object_r2'])} | {r2(r['probe_gripper_r2'])} | {r['policy']} | "
             f"{r['randomization']} | "
             f"{100 * r['success']:.1f}% [{100 * r['ci95_low']:.1f}, {100 * r['ci95_high']:.1f}] | "
-            f"{r['episodes']} | {r['seeds']} ({r['seed_rates']}) |"
+            f"{r2(r['normalized'])} | {r['episodes']} | {r['seeds']} ({r['seed_rates']}) |"
         )
     return "\n".join(lines) + "\n"
 
@@ -215,6 +235,9 @@ def plot(rows: list[dict[str, Any]], path: Path, tasks: list[str] | None = None)
     for ax, task in zip(axes[0], tasks, strict=True):
         for r in (r for r in rows if r["task"] == task):
             y = 100 * r["success"]
+            if r["backbone"] == ORACLE_LABEL:  # no encoder: a ceiling line, not a point
+                ax.axhline(y, color="0.4", ls="--", lw=1, label=f"oracle {r['policy']} ({y:.0f}%)")
+                continue
             err = [[max(0.0, y - 100 * r["ci95_low"])], [max(0.0, 100 * r["ci95_high"] - y)]]
             weights = "" if r["weights"] in ("-", "random") else f" {r['weights']}"
             rand = "" if r["randomization"] == "off" else f" [{r['randomization']}]"
@@ -224,7 +247,7 @@ def plot(rows: list[dict[str, Any]], path: Path, tasks: list[str] | None = None)
                 r["gflops_per_img"], y, yerr=err, fmt="o", capsize=4, label=label.replace(" -", "")
             )
         ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_xlabel("encoder GFLOPs per image (symlog; blind = 0)")
+        ax.set_xlabel("encoder GFLOPs per image (symlog; blind = 0; oracle dashed)")
         ax.set_ylim(-3, 103)
         ax.set_title(f"{task}: success vs encoder cost")
         ax.grid(alpha=0.3)

@@ -222,9 +222,9 @@ def evaluate(
 
 def encoder_summary(trained: TrainedPolicy, runner: PolicyRunner, task: TaskConfig) -> dict:
     """Backbone, scales, weights, parameters and GFLOPs per image of the policy's encoder."""
-    if trained.encoder is None:
+    if runner.live is None:  # blind, or the oracle
         return {
-            "backbone": BLIND,
+            "backbone": trained.encoder.config.backbone if trained.encoder else BLIND,
             "scales": [],
             "weights": None,
             "params": 0,

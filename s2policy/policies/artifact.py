@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from s2policy.data.normalizer import Normalizer
+from s2policy.data.privileged import PRIVILEGED
 from s2policy.encoders.s2 import BLIND, EncoderConfig
 from s2policy.fileio import swap_in
 from s2policy.policies.base import POLICIES, Policy, make_policy
@@ -91,12 +92,21 @@ class TrainedPolicy:
 
     @property
     def cameras(self) -> list[str]:
-        """Cameras whose features the policy sees ([] when blind)."""
-        return list(self.policy.shape_meta["features"])
+        """Cameras whose features the policy sees ([] when blind or the oracle)."""
+        return [k for k in self.policy.shape_meta["features"] if k != PRIVILEGED]
 
     @property
     def is_blind(self) -> bool:
         return self.encoder is None
+
+    @property
+    def is_oracle(self) -> bool:
+        return self.encoder is not None and self.encoder.config.is_oracle
+
+    @property
+    def oracle_keys(self) -> list[str]:
+        """The privileged keys of an oracle policy's feature vector ([] otherwise)."""
+        return list(self.encoder.spec["keys"]) if self.is_oracle else []
 
     @property
     def run_dir(self) -> Path:

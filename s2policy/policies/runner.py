@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from s2policy.data.privileged import PRIVILEGED, oracle_features
 from s2policy.encoders.s2 import S2Encoder, build_encoder
 from s2policy.features.cache import encode_frames, stored
 from s2policy.policies.artifact import EncoderInfo, TrainedPolicy
@@ -289,7 +290,8 @@ class PolicyRunner(ActionRunner):
             device,
         )
         self.cameras = trained.cameras
-        self.live = LiveEncoder.from_info(trained.encoder, self.device) if trained.encoder else None
+        self.oracle_keys = trained.oracle_keys
+        self.live = LiveEncoder.from_info(trained.encoder, self.device) if self.cameras else None
         if self.live is not None:
             self._check_feature_shapes()
 
@@ -330,6 +332,9 @@ class PolicyRunner(ActionRunner):
             self.latency["encoder_ms"].append(1e3 * (time.perf_counter() - t0))
             feats = feats.view(len(self.cameras), n, self.n_obs_steps, *feats.shape[1:])
             obs = {c: feats[k] for k, c in enumerate(self.cameras)}
+        if self.oracle_keys:
+            vectors = [[oracle_features(h, self.oracle_keys) for h in hist] for hist in histories]
+            obs[PRIVILEGED] = torch.from_numpy(np.asarray(vectors, np.float32)).to(self.device)
         obs["state"] = torch.from_numpy(
             np.stack([np.stack([h["state"] for h in hist]) for hist in histories])
         ).to(self.device)

@@ -72,6 +72,8 @@ def check_robot(spec: dict[str, Any], trained: TrainedPolicy) -> None:
     cams = trained.cameras
     missing = [c for c in cams if c not in spec["cameras"]]
     problems = []
+    if trained.is_oracle:
+        problems.append("an oracle policy needs the simulator's privileged object state")
     if missing:
         problems.append(f"cameras {missing} missing (robot has {spec['cameras']})")
     trained_size = list(trained.task.env.image_size)

@@ -35,6 +35,8 @@ class CachedFeatureData:
         windows: observation/action window sizes.
         val_ratio, seed: episode split.
         device: where the tensors live (GPU memory for fast training when it fits).
+        extra: more per-step feature arrays ``(T, D)`` observed like cameras' features (the
+            oracle's privileged state).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class CachedFeatureData:
         val_ratio: float = 0.1,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        extra: dict[str, np.ndarray] | None = None,
     ):
         buffer = ReplayBuffer.open(store)
         if buffer.n_episodes == 0:
@@ -73,6 +76,12 @@ class CachedFeatureData:
                 f"features/{cam}", feats.reshape(len(feats), -1), "; remove and rebuild the cache"
             )
             self.arrays[cam] = torch.from_numpy(feats).to(self.device)
+        for key, values in (extra or {}).items():
+            if len(values) != buffer.n_steps:
+                raise ValueError(f"{key!r} has {len(values)} steps, {store} {buffer.n_steps}")
+            check_finite(repr(key), values, "; fix or drop those episodes before training")
+            self.arrays[key] = torch.from_numpy(np.asarray(values, np.float32)).to(self.device)
+            self.cameras.append(key)
         self.train_episodes, self.val_episodes = split_episodes(buffer.n_episodes, val_ratio, seed)
         ends = buffer.episode_ends
         self.index = {

@@ -16,7 +16,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from envs import EnvConfig
 from s2policy.data.normalizer import Normalizer
-from s2policy.encoders.s2 import build_encoder
+from s2policy.data.privileged import PRIVILEGED, oracle_features, oracle_keys
+from s2policy.encoders.s2 import ORACLE, build_encoder
 from s2policy.features.cache import CacheInfo, build_cache, open_cache
 from s2policy.policies import make_policy
 from s2policy.policies.artifact import (
@@ -55,7 +56,7 @@ def dataset_task(cfg: RunConfig, attrs: dict[str, Any]) -> TaskConfig:
 
 
 def resolve_cameras(cfg: RunConfig, task: TaskConfig, store_cameras: list[str]) -> list[str]:
-    if cfg.encoder.is_blind:
+    if not cfg.encoder.is_image:
         return []
     cameras = list(task.env.cameras) if cfg.policy.cameras is None else list(cfg.policy.cameras)
     if not cameras:
@@ -78,7 +79,8 @@ class PreparedData:
 
     data: CachedFeatureData
     task: TaskConfig
-    #: The frozen encoder (``None`` when blind) and its feature cache.
+    #: The frozen encoder (``None`` when blind; the oracle's privileged keys for the oracle)
+    #: and its feature cache.
     encoder: EncoderInfo | None
     cache: CacheInfo | None
     dataset_episodes: int
@@ -102,7 +104,16 @@ def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> Prep
     check_import_complete(attrs, cfg.dataset)
     task = dataset_task(cfg, attrs)
     cameras = resolve_cameras(cfg, task, list(attrs.get("cameras", [])))
-    encoder_info, cache = None, None
+    encoder_info, cache, extra = None, None, {}
+    if cfg.encoder.is_oracle:
+        keys = oracle_keys(store.keys())
+        if not keys:
+            raise ValueError(
+                f"{cfg.dataset} records no privileged object state (no *_pos arrays), which the "
+                "oracle needs; collect the demonstrations with collect_demos.py"
+            )
+        extra = {PRIVILEGED: oracle_features({k: store[k][:] for k in keys}, keys)}
+        encoder_info = EncoderInfo(cfg.encoder, {"backbone": ORACLE, "keys": keys}, "float32")
     if cameras:
         encoder = build_encoder(cfg.encoder).to(device)
         if cfg.train.build_cache:
@@ -120,7 +131,7 @@ def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> Prep
         del encoder
     windows = WindowSpec(cfg.policy.n_obs_steps, cfg.policy.horizon, cfg.policy.n_action_steps)
     data = CachedFeatureData(
-        cfg.dataset, cache, cameras, windows, cfg.train.val_ratio, cfg.train.seed, device
+        cfg.dataset, cache, cameras, windows, cfg.train.val_ratio, cfg.train.seed, device, extra
     )
     return PreparedData(data, task, encoder_info, cache, store.n_episodes)
 

@@ -60,7 +60,7 @@ def test_report_files(tmp_path):
     md, files = write_report([runs], tmp_path / "report")
     assert (
         "| cube_pick | - | vit_t | (224, 448) | random | 5.70 | 5.000 | 4.0 | 0.900 | - | mlp | "
-        "off | 80.0% [58.4, 91.9] | 20 |" in md
+        "off | 80.0% [58.4, 91.9] | - | 20 |" in md
     )
     assert "blind (state only)" in md and "Summary across tasks" not in md
     rows = list(csv.DictReader((tmp_path / "report" / "report.csv").open()))
