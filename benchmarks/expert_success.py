@@ -2,6 +2,7 @@
 
 python benchmarks/expert_success.py --task cube_pick --seeds 100 --noise 0 0.1 0.3
 python benchmarks/expert_success.py --task stack --randomization heldout
+python benchmarks/expert_success.py --quick     # 5 seeds at noise 0 and 0.3 (CI smoke)
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=100, help="seeds 0 .. N-1")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     parser.add_argument("--randomization", default="off", help="configs/randomization/<name>")
+    parser.add_argument("--quick", action="store_true", help="5 seeds, noise 0 and 0.3")
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.noise = 5, [0.0, 0.3]
     presets = Path(__file__).resolve().parents[1] / "configs" / "randomization"
     settings = yaml.safe_load((presets / f"{args.randomization}.yaml").read_text())
     env = envs.make(args.task, cameras=(), randomization=settings)

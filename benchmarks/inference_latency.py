@@ -2,6 +2,7 @@
 
     python benchmarks/inference_latency.py                       # tiny configs on CPU
     python benchmarks/inference_latency.py --gpu                 # + S² ViT-B + diffusion (16 DDIM)
+    python benchmarks/inference_latency.py --quick               # 3 repeats (CI smoke)
 
 Each row builds an untrained policy of the given shape (latency does not depend on the weights)
 and times ``PolicyRunner.predict`` on one observation history (2 steps x 2 cameras),
@@ -93,7 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="add the S² ViT-B config on the GPU")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="3 timed repeats per row")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 3
     cpu = torch.device("cpu")
     rows = [
         ("vit_micro S² (64, 128) + MLP", "vit_micro", (64, 128), "mlp", cpu, "float32", 96, 50),

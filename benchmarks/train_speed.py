@@ -3,6 +3,7 @@ way with a frozen encoder), same policy, batch and machine, measured in this one
 
     python benchmarks/train_speed.py                          # vit_micro S² (64, 128), CPU
     python benchmarks/train_speed.py --backbone vit_b --scales 224 448 --image-size 224 --batch 256
+    python benchmarks/train_speed.py --quick                  # 100 frames, batch 16, 0.5 s rows
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600, help="frames in the temporary store")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--quick", action="store_true", help="100 frames, batch 16, 0.5 s rows")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.batch, args.seconds = 100, 16, 0.5
     device = resolve_device(args.device)
     encoder = build_encoder(EncoderConfig(backbone=args.backbone, scales=tuple(args.scales))).to(
         device

@@ -334,6 +334,9 @@ def build_cache(
         group[f"done/{cam}"][i] = 1
         if on_chunk is not None:
             on_chunk(min(total, done_before + (n + 1) * world), total)
+    if world > 1:  # each rank's share of the build (the torchrun test checks the split)
+        shares = {c: [i for k, i in todo if k == c] for c in cameras}
+        logger.info("cache %s: rank %d of %d wrote chunks %s", fp, rank, world, shares)
     _barrier(world)
     if rank == 0:
         if all((group[f"done/{c}"][:] == 1).all() for c in cameras):

@@ -102,7 +102,8 @@ class InferenceLoop:
         finally:
             try:
                 self.robot.hold()
-                episode.report.success = self.robot.status()["success"]
+                if episode.report.success is None:  # stopped before a tick read the status
+                    episode.report.success = self.robot.status()["success"]
             except Exception:  # noqa: BLE001  (the robot itself failed; nothing more to do)
                 logger.exception("could not hold the robot")
             if self.log is not None:
@@ -146,7 +147,9 @@ class _Episode:
             self.act(tick, obs, now)
             if loop.on_tick is not None:
                 loop.on_tick(self.report)
-            if loop.robot.status()["done"]:
+            status = loop.robot.status()  # success as of this tick (the final hold adds none)
+            self.report.success = status["success"]
+            if status["done"]:
                 break
             loop.sleep(max(0.0, t0 + (tick + 1) * period - loop.clock()))
 

@@ -135,8 +135,32 @@ def test_action_moves_end_effector_and_respects_workspace():
 def test_yaw_control_off_gives_4d_action():
     env = make(cameras=(), yaw_control=False)
     assert env.action_space.shape == (4,)
-    trace = run_expert(env, seed=3)
-    assert len(trace) > 0
+    obs, info = env.reset(seed=3)
+    yaw0 = float(obs["state"][3])
+    # The cube needs a real turn to be grasped face-on: a yaw that moved would show.
+    assert abs(wrap_grasp_yaw(float(info["cube_yaw"]))) > 0.2
+    expert = env.unwrapped.expert(env)
+    expert.reset(seed=3)
+    states = []
+    for _ in range(40):
+        action = expert.act(obs, info)
+        assert action.shape == (4,)  # x, y, z, gripper: the expert drops its yaw command
+        obs, _, terminated, truncated, info = env.step(action)
+        states.append(obs["state"].copy())
+        assert not (terminated or truncated)
+    states = np.array(states)
+    # The yaw never moves, whatever the expert wanted ...
+    np.testing.assert_allclose(states[:, 3], yaw0, atol=1e-3)
+    # ... while x, y, z still follow the actions: the gripper hovers over the cube, open.
+    cube = info["cube_pos"]
+    assert np.hypot(*(states[-1, :2] - cube[:2])) < 0.015
+    assert states[-1, 2] == pytest.approx(cube[2] + expert.hover_m, abs=0.01)
+    assert (states[:, 4] > 0.08).all()
+    # The last component is the gripper in a 4-D action too: it closes, the yaw still stays.
+    for _ in range(5):
+        obs, *_ = env.step(np.array([0, 0, 0, 1.0]))
+    assert obs["state"][4] < 0.005
+    assert obs["state"][3] == pytest.approx(yaw0, abs=1e-3)
 
 
 def test_shadow_size_zero_renders():

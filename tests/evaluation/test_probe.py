@@ -13,6 +13,12 @@ def test_linear_target_gives_r2_near_one_and_noise_near_zero():
     y = x @ w + 0.01 * rng.normal(size=(600, 3))
     r2, _ = ridge_r2(x[:400], y[:400], x[400:], y[400:])
     assert r2 > 0.99
+    exact, _ = ridge_r2(x[:400], x[:400] @ w + 5.0, x[400:], x[400:] @ w + 5.0)
+    assert exact == pytest.approx(1.0, abs=1e-4)  # an exact linear function (with an offset)
+    # Scored on the held-out rows: a fit that is perfect on the training rows says nothing of
+    # held-out targets unrelated to the features.
+    r2, _ = ridge_r2(x[:400], y[:400], x[400:], rng.normal(size=(200, 3)))
+    assert r2 < 0.1
     noise = rng.normal(size=(600, 2))
     r2, _ = ridge_r2(x[:400], noise[:400], x[400:], noise[400:])
     assert abs(r2) < 0.1
@@ -28,14 +34,27 @@ def test_too_few_samples():
         ridge_r2(np.zeros((3, 2)), np.zeros(3), np.zeros((3, 2)), np.zeros(3))
 
 
-def test_probe_on_a_cache(demo_store, capsys):
+def test_probe_on_a_cache(demo_store, capsys, monkeypatch):
+    from s2policy.evaluation import probe
+
     cache = build_cache(demo_store, build_encoder(EncoderConfig(backbone="vit_nano", scales=(32,))))
     r2 = probe_cache(demo_store, cache)
-    assert set(r2) == {"object_pos", "gripper"} and all(
-        np.isfinite(v) and v <= 1 for v in r2.values()
+    assert set(r2) == {"object_pos", "gripper"}
+    # The gripper gap is plain to see in the wrist camera, even through random features ...
+    assert r2["gripper"] > 0.8, r2
+    # ... and the same probe of the same features against shuffled targets (the rows'
+    # correspondence broken) scores about nothing on the held-out episodes.
+    targets = probe.probe_targets
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(
+        probe, "probe_targets", lambda buf: {k: rng.permutation(v) for k, v in targets(buf).items()}
     )
+    control = probe_cache(demo_store, cache)
+    assert control["gripper"] < 0.3 and r2["gripper"] - control["gripper"] > 0.5, (r2, control)
+    monkeypatch.undo()
     main([f"dataset={demo_store}", "encoders=[nano]"])
-    assert "| nano | random |" in capsys.readouterr().out
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("| nano | random |") and float(row.split("|")[-2]) > 0.8, row
 
 
 def test_constant_target_dimensions_are_left_out(tmp_path):
@@ -70,3 +89,16 @@ def test_cli_bad_keys_are_clear_errors(capsys):
     with pytest.raises(SystemExit):
         main(["encoders=[no_such_encoder]"])
     assert "no_such_encoder" in capsys.readouterr().err
+
+
+def test_a_target_that_does_not_vary_in_the_held_out_rows_is_not_scored():
+    """An object that never moves in the test episodes: its R² is undefined (1 - x / ~0), and
+    scoring it would swamp the mean (it gave about -7e9 on a 6-episode store)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    moving = x @ rng.normal(size=5)
+    still = np.r_[rng.normal(size=150), np.full(50, 0.3) + 1e-9 * rng.normal(size=50)]
+    r2, _ = ridge_r2(x[:150], np.c_[moving, still][:150], x[150:], np.c_[moving, still][150:])
+    assert r2 == pytest.approx(1.0, abs=1e-6)
+    r2, _ = ridge_r2(x[:150], still[:150, None], x[150:], still[150:, None])
+    assert np.isnan(r2)

@@ -6,12 +6,13 @@ import torch
 
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.s2 import EncoderConfig
+from s2policy.evaluation import rollout
 from s2policy.evaluation.rollout import EvalConfig, evaluate
 from s2policy.features.cache import open_cache
 from s2policy.policies.artifact import load
 from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicyConfig
-from s2policy.policies.runner import LiveEncoder
+from s2policy.policies.runner import LiveEncoder, PolicyRunner
 from s2policy.training.loop import train
 
 
@@ -70,13 +71,66 @@ def test_results_json_carries_counts_interval_latency_and_videos(mlp_ckpt, tmp_p
     assert videos[0].stat().st_size > 1000
 
 
+class RecordingRunner(PolicyRunner):
+    """Remembers, per episode seed, the state of every observation and every action: the closed
+    loop an evaluation played (outcomes alone cannot tell two 12-step failures apart)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.loops: dict[int, dict[str, list]] = {}
+        self.seed_of: list[int | None] = [None] * self.n_envs
+
+    def reset(self, seeds, mask=None):
+        super().reset(seeds, mask)
+        for i in range(self.n_envs):
+            if mask is None or mask[i]:
+                self.seed_of[i] = seeds[i]
+
+    def observe(self, i, obs):
+        if not self.histories[i]:  # an episode's first observation (idle slots get none)
+            self.loops[self.seed_of[i]] = {"state": [], "action": []}
+        self.loops[self.seed_of[i]]["state"].append(np.array(obs["state"]))
+        super().observe(i, obs)
+
+    def act(self, observations, active=None):
+        actions = super().act(observations, active)
+        for i in range(self.n_envs):
+            if active is None or active[i]:
+                self.loops[self.seed_of[i]]["action"].append(actions[i].copy())
+        return actions
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """The runners the evaluations of a test make, recording their closed loops."""
+    made: list[RecordingRunner] = []
+
+    def recording(*args, **kw):
+        made.append(RecordingRunner(*args, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(rollout, "PolicyRunner", recording)
+    return made
+
+
 @pytest.mark.parametrize("fixture", ["mlp_ckpt", "diffusion_ckpt"])
-def test_evaluation_is_reproducible_from_its_seed_list(request, fixture, tmp_path):
+def test_evaluation_is_reproducible_from_its_seed_list(request, fixture, tmp_path, recorded):
     ckpt = request.getfixturevalue(fixture)
     a = evaluate(eval_cfg(ckpt, tmp_path / "a", n_videos=0))["episodes"]
     b = evaluate(eval_cfg(ckpt, tmp_path / "b", n_videos=0))["episodes"]
     strip = lambda eps: [(e["seed"], e["success"], e["steps"]) for e in eps]  # noqa: E731
     assert strip(a) == strip(b)
+    # A rerun plays the very same closed loops: states and actions, step by step (the diffusion
+    # noise too: drawn per episode from its seed).
+    loops_a, loops_b = recorded[0].loops, recorded[1].loops
+    assert sorted(loops_a) == sorted(loops_b) == [500, 501, 502, 503]
+    steps = {e["seed"]: e["steps"] for e in a}
+    for seed in loops_a:
+        assert len(loops_a[seed]["state"]) == len(loops_a[seed]["action"]) == steps[seed]
+        for key in ("state", "action"):
+            np.testing.assert_array_equal(
+                np.stack(loops_a[seed][key]), np.stack(loops_b[seed][key]), err_msg=f"{seed}"
+            )
     explicit = evaluate(eval_cfg(ckpt, tmp_path / "c", seeds=[502, 500], n_videos=0))["episodes"]
     by_seed = {e["seed"]: (e["success"], e["steps"]) for e in a}
     assert [(e["success"], e["steps"]) for e in explicit] == [by_seed[502], by_seed[500]]

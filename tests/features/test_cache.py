@@ -1,4 +1,6 @@
+import ast
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -201,24 +203,48 @@ def test_killed_build_resumes_to_identical_arrays(tmp_path):
         )
 
 
-@pytest.mark.slow
-def test_torchrun_ranks_share_the_build(tmp_path):
-    store = make_store(tmp_path / "dist.zarr", n_episodes=6, T=10).path
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29533",
-    ]
-    proc = subprocess.run(
-        cache_cmd(store, launcher=torchrun),
-        capture_output=True,
+#: torchrun with its rendezvous store on a port the OS picks when it binds (no fixed port to
+#: collide with another run, no probe-then-bind race).
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--nproc-per-node=2",
+    "--rdzv-backend=c10d",
+    "--rdzv-endpoint=127.0.0.1:0",
+    "--max-restarts=0",
+]
+
+
+def run_torchrun(cmd, timeout=180):
+    """Run a torchrun command; past ``timeout`` s stop it (torchrun stops its workers on
+    SIGTERM) and fail."""
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s:\n{err[-3000:]}")
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_share_the_build(tmp_path):
+    store = make_store(tmp_path / "dist.zarr", n_episodes=6, T=10).path
+    code, out, err = run_torchrun(cache_cmd(store, launcher=TORCHRUN))
+    assert code == 0, err[-3000:]
     info = cache.open_cache(store, nano())
     enc = nano()
     buf = ReplayBuffer.open(store)
@@ -229,6 +255,13 @@ def test_torchrun_ranks_share_the_build(tmp_path):
     )
     flags = zarr.open_group(str(store))[f"features/{info.fingerprint}/done/front"][:]
     assert flags.all() and len(flags) == 8
+    # all of the above holds when one rank builds everything: each rank logs the chunks it
+    # wrote, and rank r must have written chunks i % 2 == r of every camera
+    shares = re.findall(r"rank (\d) of 2 wrote chunks (\{.*\})", out + err)
+    assert sorted(rank for rank, _ in shares) == ["0", "1"], out + err
+    for rank, chunks in shares:
+        expected = list(range(int(rank), 8, 2))
+        assert ast.literal_eval(chunks) == {"front": expected, "wrist": expected}, rank
 
 
 def test_cli_list_and_config_typo(tmp_path, store):

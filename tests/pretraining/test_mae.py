@@ -40,15 +40,51 @@ def mae(ratio=0.75, backbone="vit_nano"):
 
 def test_masking_ratio_and_restore():
     gen = torch.Generator().manual_seed(0)
-    keep, mask, restore = random_masking(3, 16, 0.75, gen, torch.device("cpu"))
-    assert keep.shape == (3, 4) and mask.shape == (3, 16)
+    keep, mask, restore = random_masking(8, 16, 0.75, gen, torch.device("cpu"))
+    assert keep.shape == (8, 4) and mask.shape == (8, 16) and restore.shape == (8, 16)
     assert (mask.sum(1) == 12).all()  # exactly 75 % masked per image
-    for b in range(3):
-        assert (mask[b, keep[b]] == 0).all()  # the kept patches are the unmasked ones
-    shuffled = torch.arange(16).expand(3, -1).gather(1, restore.argsort(1))
-    np.testing.assert_array_equal(
-        shuffled.gather(1, restore).numpy(), np.tile(np.arange(16), (3, 1))
-    )
+    for b in range(8):
+        assert sorted(keep[b].tolist()) == torch.nonzero(mask[b] == 0).flatten().tolist()
+    # Each image draws its own mask (one of 1820 sets; a shared one would give a single set).
+    assert len({tuple(m.tolist()) for m in mask}) >= 7
+    # Unshuffling real data: kept patches first, then placeholders, gathered by ``restore``
+    # (as the decoder input is) puts every kept patch back at its own position.
+    patches = torch.randn(8, 16, 5, generator=torch.Generator().manual_seed(1))
+    kept = patches.gather(1, keep[..., None].expand(-1, -1, 5))
+    placeholder = torch.full((8, 12, 5), float("nan"))
+    unshuffled = torch.cat([kept, placeholder], 1).gather(1, restore[..., None].expand(-1, -1, 5))
+    visible = mask == 0
+    torch.testing.assert_close(unshuffled[visible], patches[visible], rtol=0, atol=0)
+    assert unshuffled[~visible].isnan().all()  # placeholders exactly at the masked positions
+
+
+def test_masking_ratio_is_rounded_and_keeps_a_patch():
+    gen = torch.Generator().manual_seed(0)
+    for n, ratio, n_keep in [(16, 0.5, 8), (49, 0.75, 12), (4, 0.9, 1)]:
+        keep, mask, _ = random_masking(2, n, ratio, gen, torch.device("cpu"))
+        assert keep.shape == (2, n_keep) and (mask.sum(1) == n - n_keep).all()
+
+
+def test_decoder_sees_each_encoded_patch_at_its_own_position():
+    """The forward pass's unshuffle: the decoder input at position ``i`` is the encoded token of
+    patch ``i`` when it is visible, the mask token otherwise (plus position embeddings)."""
+    model = mae().eval()
+    images = torch.rand(2, 3, 32, 32)
+    seen = {}
+    hook = model.decoder.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    with torch.no_grad():
+        _, _, mask = model(images, torch.Generator().manual_seed(3))
+        keep, mask2, _ = random_masking(
+            2, model.n_patches, model.mask_ratio, torch.Generator().manual_seed(3), images.device
+        )
+        tokens = model.decoder_embed(model.encode(images, keep)[:, model.vit.num_prefix_tokens :])
+    hook.remove()
+    torch.testing.assert_close(mask, mask2)
+    x = seen["x"] - model.decoder_pos
+    for b in range(2):
+        torch.testing.assert_close(x[b, keep[b]], tokens[b])
+        masked = mask[b].bool()
+        torch.testing.assert_close(x[b, masked], model.mask_token[0].expand(int(masked.sum()), -1))
 
 
 def test_patch_bookkeeping():
