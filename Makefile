@@ -36,11 +36,11 @@ sysdeps:
 	fi
 
 # The small embedded default on CPU: demonstrations -> S² feature caches -> one MLP policy per
-# encoder (blind, single-scale vit_micro 64 px, S² vit_micro (64, 128)) -> seeded evaluation ->
-# success table + plot + videos.
+# encoder (blind floor, oracle ceiling, single-scale vit_micro 64 px, S² vit_micro (64, 128)) ->
+# seeded evaluation -> success table (normalized between floor and ceiling) + plot + videos.
 demo: setup
 	$(PY) collect_demos.py task=cube_pick n_episodes=$(DEMO_EPISODES)
-	$(PY) train_policy.py -m experiment=demo encoder=blind,micro,micro_s2
+	$(PY) train_policy.py -m experiment=demo encoder=blind,oracle,micro,micro_s2
 	$(PY) -m s2policy.evaluation.report runs=[multirun/cube_pick] out=multirun/cube_pick/report
 	@echo "videos: multirun/cube_pick/*/eval/*.mp4"
 
