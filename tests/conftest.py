@@ -1,3 +1,9 @@
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -52,3 +58,46 @@ def run_config():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+#: torchrun with its rendezvous store on a port the OS picks when it binds (no fixed port to
+#: collide with another run, no probe-then-bind race).
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--nproc-per-node=2",
+    "--rdzv-backend=c10d",
+    "--rdzv-endpoint=127.0.0.1:0",
+    "--max-restarts=0",
+]
+
+
+def _run_torchrun(args, timeout=240, **env):
+    """Run ``torchrun <args>`` (2 processes) from the repository; past ``timeout`` s stop it
+    (torchrun stops its workers on SIGTERM) and fail. Returns ``(returncode, stdout, stderr)``."""
+    proc = subprocess.Popen(
+        [*TORCHRUN, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"torchrun did not finish in {timeout} s:\n{err[-3000:]}")
+    return proc.returncode, out, err
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """``torchrun(args, timeout=240, **env) -> (returncode, stdout, stderr)``."""
+    return _run_torchrun

@@ -203,47 +203,10 @@ def test_killed_build_resumes_to_identical_arrays(tmp_path):
         )
 
 
-#: torchrun with its rendezvous store on a port the OS picks when it binds (no fixed port to
-#: collide with another run, no probe-then-bind race).
-TORCHRUN = [
-    sys.executable,
-    "-m",
-    "torch.distributed.run",
-    "--nproc-per-node=2",
-    "--rdzv-backend=c10d",
-    "--rdzv-endpoint=127.0.0.1:0",
-    "--max-restarts=0",
-]
-
-
-def run_torchrun(cmd, timeout=180):
-    """Run a torchrun command; past ``timeout`` s stop it (torchrun stops its workers on
-    SIGTERM) and fail."""
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s:\n{err[-3000:]}")
-    return proc.returncode, out, err
-
-
 @pytest.mark.slow
-def test_torchrun_ranks_share_the_build(tmp_path):
+def test_torchrun_ranks_share_the_build(tmp_path, torchrun):
     store = make_store(tmp_path / "dist.zarr", n_episodes=6, T=10).path
-    code, out, err = run_torchrun(cache_cmd(store, launcher=TORCHRUN))
+    code, out, err = torchrun(cache_cmd(store, launcher=()), timeout=180)
     assert code == 0, err[-3000:]
     info = cache.open_cache(store, nano())
     enc = nano()

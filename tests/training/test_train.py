@@ -1,7 +1,6 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -340,43 +339,6 @@ def test_cli_config_typo_fails_at_start(tmp_path):
     assert proc.returncode != 0 and "train.lr must be > 0" in proc.stderr
 
 
-#: torchrun with its rendezvous store on a port the OS picks when it binds (no fixed port to
-#: collide with another run, no probe-then-bind race).
-TORCHRUN = [
-    sys.executable,
-    "-m",
-    "torch.distributed.run",
-    "--nproc-per-node=2",
-    "--rdzv-backend=c10d",
-    "--rdzv-endpoint=127.0.0.1:0",
-    "--max-restarts=0",
-]
-
-
-def run_torchrun(cmd, timeout=240, **env):
-    """Run a torchrun command; past ``timeout`` s stop it (torchrun stops its workers on
-    SIGTERM) and fail."""
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s:\n{err[-3000:]}")
-    return proc.returncode, out, err
-
-
 def pythonpath():
     """``PYTHONPATH`` for a script outside the repository (``envs`` is imported from its root)."""
     return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -410,7 +372,7 @@ torch.save(torch.stack(drawn), f"{record}{os.environ.get('RANK', '0')}.pt")
 
 
 @pytest.mark.slow
-def test_torchrun_ddp_trains(demo_store, tmp_path, run_config):
+def test_torchrun_ddp_trains(demo_store, tmp_path, run_config, torchrun):
     """Two DDP ranks with batch B each train exactly like one process on their 2B windows: the
     ranks draw different windows, and rank 0's checkpoint after N steps equals one process
     trained on the two ranks' batches concatenated (gradients averaged over the ranks)."""
@@ -431,8 +393,8 @@ def test_torchrun_ddp_trains(demo_store, tmp_path, run_config):
         "policy.n_action_steps=4",
     ]
     ddp = tmp_path / "ddp"
-    cmd = [*TORCHRUN, str(driver), str(tmp_path / "rows"), f"hydra.run.dir={ddp}", *args]
-    code, _, err = run_torchrun([*cmd, "train.batch_size=16"], PYTHONPATH=pythonpath())
+    cmd = [str(driver), str(tmp_path / "rows"), f"hydra.run.dir={ddp}", *args]
+    code, _, err = torchrun([*cmd, "train.batch_size=16"], PYTHONPATH=pythonpath())
     assert code == 0, err[-3000:]
     assert read_info(ddp)["step"] == 20
     assert load(ddp).policy.cfg.hidden_dims == [32]
