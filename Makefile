@@ -40,7 +40,7 @@ sysdeps:
 # seeded evaluation -> success table (normalized between floor and ceiling) + plot + videos.
 demo: setup
 	$(PY) collect_demos.py task=cube_pick n_episodes=$(DEMO_EPISODES)
-	$(PY) train_policy.py -m experiment=demo encoder=blind,oracle,micro,micro_s2
+	$(PY) train_policy.py -m experiment=demo encoder=blind,oracle,micro,micro_s2 train.overwrite=true
 	$(PY) -m s2policy.evaluation.report runs=[multirun/cube_pick] out=multirun/cube_pick/report
 	@echo "videos: multirun/cube_pick/*/eval/*.mp4"
 
@@ -48,7 +48,7 @@ demo: setup
 # a summary across tasks in multirun/report.
 demo-tasks: setup
 	for task in $(TASKS); do $(PY) collect_demos.py task=$$task n_episodes=$(DEMO_EPISODES) || exit 1; done
-	$(PY) train_policy.py -m experiment=multitask
+	$(PY) train_policy.py -m experiment=multitask train.overwrite=true
 	$(PY) -m s2policy.evaluation.report out=multirun/report \
 	    runs=[$$(echo $(addprefix multirun/,$(TASKS)) | tr ' ' ,)] tasks=[$$(echo $(TASKS) | tr ' ' ,)]
 

@@ -18,10 +18,13 @@ def run_experiment(
     """Train ``cfg``; with ``cfg.eval.enabled``, evaluate the checkpoint (rank 0 under DDP)
     with the linear-probe R² of the same cached features in its results. Returns the checkpoint
     directory and the evaluation results (or ``None``)."""
+    import os
+
     from s2policy.training.loop import fit
 
     result = fit(cfg, on_log)
-    if not cfg.eval.enabled or not result.checkpoint.exists():
+    rank = int(os.environ.get("RANK", "0"))
+    if not cfg.eval.enabled or rank != 0 or not result.checkpoint.exists():
         return result.checkpoint, None
     from s2policy.evaluation.probe import probe_cache
     from s2policy.evaluation.rollout import evaluate

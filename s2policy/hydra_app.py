@@ -4,6 +4,7 @@ s2policy, so any package can give itself a command line without depending on the
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -73,8 +74,15 @@ def run_hydra(
         register()
 
     def task(dict_cfg) -> None:
-        check_choices()
-        body(to_object(dict_cfg))
+        try:
+            check_choices()
+            body(to_object(dict_cfg))
+        except (ValueError, FileNotFoundError, FileExistsError) as err:
+            # bad input: its one sentence, not a traceback (HYDRA_FULL_ERROR=1 shows one)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
 
     # hydra names the job after the task function's module (its config path is absolute).
     task.__module__ = job_name

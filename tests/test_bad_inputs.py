@@ -247,6 +247,9 @@ CASES = [
          lambda c: _new_run(c, policy=small_mlp(cameras=[])),
          r"policy.cameras=\[\] leaves encoder 'vit_nano' no camera; a blind .* is encoder=blind",
          "store"),
+    Case("training", "training again into a run directory that holds a checkpoint",
+         lambda c: _train_with(c), r"already holds a trained run \(checkpoint\); continue it with "
+         r"train.resume=true, replace it with train.overwrite=true", "run"),
     Case("training", "resuming with another encoder seed",
          lambda c: _train_with(c, resume=True, encoder=EncoderConfig(
              backbone="vit_nano", scales=(32, 64), init_seed=1)),

@@ -146,3 +146,12 @@ def test_eval_takes_the_readmes_encoder_and_task_overrides():
     assert cfg.encoder.backbone == "vit_micro" and list(cfg.encoder.scales) == [64, 128]
     assert cfg.task.name == "cube_pick"
     assert plain.encoder is None and plain.task is None
+
+
+def test_bad_input_on_the_command_line_is_one_sentence(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.train_main(["train.lr=-1", f"hydra.run.dir={tmp_path}/h"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2
+    assert err.startswith("error: train.lr must be > 0") and "Traceback" not in err
+    assert err.count("\n") == 1

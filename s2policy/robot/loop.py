@@ -124,6 +124,7 @@ class _Episode:
 
     def run(self) -> None:
         loop = self.loop
+        loop.worker.drain()  # an inference of the previous episode: let it end, drop its chunk
         loop.robot.reset(self.seed)
         loop.runner.reset([self.seed])
         first = loop.robot.observe()

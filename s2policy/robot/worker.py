@@ -67,6 +67,13 @@ class ThreadWorker:
             results, self._results = self._results, []
         return results
 
+    def drain(self, timeout_s: float = 30.0) -> None:
+        """Let a running inference end and drop its result (a new episode starts: a chunk of
+        the previous one must never be executed in it)."""
+        self.wait(timeout_s)
+        with self._lock:
+            self._results, self._error = [], None
+
     def close(self) -> None:
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -98,6 +105,10 @@ class SimulatedLatencyWorker:
             result, self._pending = self._pending[1], None
             return [result]
         return []
+
+    def drain(self, timeout_s: float = 30.0) -> None:
+        """Drop a pending result (see :meth:`ThreadWorker.drain`)."""
+        self._pending = None
 
     def close(self) -> None:
         pass

@@ -37,6 +37,8 @@ class TrainConfig:
     dtype: str = "auto"
     #: Continue from ``<output_dir>/checkpoint`` when it exists.
     resume: bool = False
+    #: Replace a run directory that already holds a checkpoint (otherwise that is refused).
+    overwrite: bool = False
     #: Build the feature cache when it is missing (false: fail, listing the caches present).
     build_cache: bool = True
     #: Feature-cache build options (used when the cache is missing).

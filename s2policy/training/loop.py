@@ -166,7 +166,15 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tcfg.seed + rank)
-    ckpt = recover(out) if tcfg.resume else None
+    ckpt = None
+    if tcfg.resume:
+        if rank == 0:  # finish a swap a crash interrupted, once, before the ranks look
+            recover(out)
+        if world > 1:
+            torch.distributed.barrier()
+        ckpt = recover(out)  # whole now (or None): no rank renames anything here
+    elif rank == 0:
+        refuse_overwrite(cfg, out)
     resumed = load(ckpt) if ckpt is not None else None
     if resumed is not None:  # before any cache is built for a config that cannot resume
         check_resume_config(cfg, resumed)
@@ -236,6 +244,7 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
 RESUMABLE = (
     "train.steps",
     "train.resume",
+    "train.overwrite",
     "train.device",
     "train.log_every",
     "train.val_every",
@@ -257,6 +266,18 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def refuse_overwrite(cfg: RunConfig, out: Path) -> None:
+    """A run directory that holds a checkpoint is continued (``train.resume=true``) or replaced
+    on request (``train.overwrite=true``), never overwritten silently."""
+    held = [p.name for p in out.glob("checkpoint*") if p.is_dir()]
+    if held and not cfg.train.overwrite:
+        raise FileExistsError(
+            f"{out} already holds a trained run ({', '.join(sorted(held))}); continue it with "
+            "train.resume=true, replace it with train.overwrite=true, or train into another "
+            "run directory (run_tag=... or output_dir=...)"
+        )
 
 
 def check_resume_config(cfg: RunConfig, trained: TrainedPolicy) -> None:

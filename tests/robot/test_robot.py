@@ -414,3 +414,24 @@ def test_sync_wait_lets_a_fast_thread_inference_serve_the_current_tick():
     )
     report = loop.run_episode()
     assert report.held_ticks == 0 and report.skipped_actions == 0 and len(robot.actions) == 2
+
+
+def test_a_chunk_of_the_previous_episode_is_never_executed():
+    """The episode ends while an inference is pending (latency 1.5 ticks, a request at the last
+    tick): the next episode must start clean, so two episodes from the same state act alike."""
+    clock = FakeClock()
+    robot = FakeRobot(clock)
+    loop = make_loop(robot, clock, latency_s=0.15, ticks=7)
+    first = loop.run_episode()
+    first_actions = [a.copy() for a in robot.actions]
+    assert loop.worker.busy  # a chunk was still on its way when the episode ended
+    second = loop.run_episode()
+    assert (second.held_ticks, second.skipped_actions) == (first.held_ticks, first.skipped_actions)
+    assert len(robot.actions) == len(first_actions)
+    for a, b in zip(robot.actions, first_actions, strict=True):
+        np.testing.assert_array_equal(a, b)
+    worker = SimulatedLatencyWorker(constant_infer(), clock, 1.0)
+    worker.submit([], 0)
+    worker.drain()
+    clock.sleep(2.0)
+    assert worker.poll() == [] and not worker.busy

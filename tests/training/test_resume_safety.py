@@ -164,3 +164,22 @@ def test_training_state_that_is_not_plain_tensors_is_refused(ckpt_copy, tmp_path
     with pytest.raises(ValueError, match="not a plain tensor file") as err:
         load_training_state(ckpt)
     assert "weights_only=False" not in str(err.value)
+
+
+def test_a_run_with_a_checkpoint_is_not_overwritten_without_asking(
+    demo_store, tmp_path, run_config
+):
+    train(run_config(demo_store, tmp_path, small_mlp(), steps=10))
+    before = weights(tmp_path)
+    logged = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(
+        FileExistsError,
+        match=r"already holds a trained run \(checkpoint\); "
+        r"continue it with train.resume=true, replace it with train.overwrite",
+    ):
+        train(run_config(demo_store, tmp_path, small_mlp(), steps=10))
+    assert (tmp_path / "metrics.jsonl").read_text() == logged
+    for key, value in before.items():
+        torch.testing.assert_close(weights(tmp_path)[key], value, rtol=0, atol=0)
+    train(run_config(demo_store, tmp_path, small_mlp(), steps=12, overwrite=True))
+    assert load(tmp_path).step == 12
