@@ -143,7 +143,14 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         for name, gen in self.generators.items():
-            gen.set_state(state[name].to(gen.get_state().device))
+            try:
+                gen.set_state(state[name].to(gen.get_state().device))
+            except RuntimeError as err:  # a CUDA generator's state does not fit a CPU one
+                raise ValueError(
+                    f"cannot resume: the checkpoint's random generator {name!r} was saved on "
+                    f"another kind of device than {gen.device} ({err}); resume on the device it "
+                    "was trained on (train.device=...) for an exact continuation"
+                ) from err
         self.step = int(state["step"])
         return self.step
 

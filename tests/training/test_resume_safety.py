@@ -183,3 +183,15 @@ def test_a_run_with_a_checkpoint_is_not_overwritten_without_asking(
         torch.testing.assert_close(weights(tmp_path)[key], value, rtol=0, atol=0)
     train(run_config(demo_store, tmp_path, small_mlp(), steps=12, overwrite=True))
     assert load(tmp_path).step == 12
+
+
+def test_resume_with_generator_states_of_another_device_is_one_sentence(
+    demo_store, tmp_path, run_config
+):
+    train(run_config(demo_store, tmp_path, small_mlp(), steps=10))
+    state_file = tmp_path / "checkpoint" / "training_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    state["noise_rng"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA generator's
+    torch.save(state, state_file)
+    with pytest.raises(ValueError, match="generator 'noise_rng' was saved on another kind of"):
+        train(run_config(demo_store, tmp_path, small_mlp(), steps=20, resume=True))
