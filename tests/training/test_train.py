@@ -291,6 +291,7 @@ def test_the_run_takes_the_task_settings_of_its_dataset(demo_store, tmp_path, ru
     assert info["task"]["env"]["image_size"] == [32, 32]  # what evaluation must render
     assert info["task"]["env"]["shadow_size"] == 0
     cfg.task = TaskConfig(name="push")
+    cfg.train.overwrite = True  # the same run directory again, on purpose
     with pytest.raises(ValueError, match="holds demonstrations of task 'cube_pick'.*'push'"):
         train(cfg)
 
