@@ -295,11 +295,15 @@ def check_resume_config(cfg: RunConfig, trained: TrainedPolicy) -> None:
 
 
 def check_resume_encoder(cfg: RunConfig, prepared: PreparedData, trained: TrainedPolicy) -> None:
-    """The same config can still name other weights (a weights file rewritten in place)."""
+    """The same config can still name other weights (a weights file rewritten in place) or a
+    store that has grown since (its episode split, and so the validation set, would change)."""
     spec_then = trained.encoder.spec if trained.encoder else None
     spec_now = prepared.encoder.spec if prepared.encoder else None
     if spec_then != spec_now:
         _refuse_resume(cfg, "the encoder's spec: its weights changed since the checkpoint")
+    episodes = trained.provenance.dataset_episodes
+    if episodes is not None and episodes != prepared.dataset_episodes:
+        _refuse_resume(cfg, f"the dataset's episodes: {episodes} -> {prepared.dataset_episodes}")
 
 
 def _refuse_resume(cfg: RunConfig, diff: str) -> None:

@@ -195,3 +195,17 @@ def test_resume_with_generator_states_of_another_device_is_one_sentence(
     torch.save(state, state_file)
     with pytest.raises(ValueError, match="generator 'noise_rng' was saved on another kind of"):
         train(run_config(demo_store, tmp_path, small_mlp(), steps=20, resume=True))
+
+
+def test_resume_after_the_store_grew_is_refused(tmp_path, run_config):
+    from s2policy.data.collect import CollectConfig, collect_demos
+    from s2policy.task import TaskConfig
+
+    task = TaskConfig(env={"image_size": (32, 32), "shadow_size": 0})
+    store = tmp_path / "grow.zarr"
+    collect_demos(CollectConfig(task=task, n_episodes=4, output=str(store)))
+    run = tmp_path / "run"
+    train(run_config(store, run, small_mlp(), steps=10))
+    collect_demos(CollectConfig(task=task, n_episodes=5, output=str(store)))  # appends one
+    with pytest.raises(ValueError, match=r"cannot resume .*the dataset's episodes: 4 -> 5"):
+        train(run_config(store, run, small_mlp(), steps=20, resume=True))
