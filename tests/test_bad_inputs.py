@@ -31,7 +31,7 @@ from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.evaluation.config import EvalConfig
 from s2policy.evaluation.rollout import evaluate
 from s2policy.features.cache import build_cache, list_caches, remove_cache
-from s2policy.policies.artifact import load, load_training_state
+from s2policy.policies.artifact import load, training_state
 from s2policy.policies.mlp import MLPPolicyConfig
 from s2policy.policies.runner import PolicyRunner
 from s2policy.robot.loop import LoopConfig
@@ -283,7 +283,7 @@ CASES = [
          r"has checkpoint version 99; upgrade s2policy", "run",
          setup=lambda c: _edit_json(c.ckpt / "policy.json", lambda i: i.update(version=99))),
     Case("checkpoint", "`training_state.pt` that needs code to load",
-         lambda c: load_training_state(c.run), r"not a plain tensor file that s2policy wrote",
+         lambda c: training_state(c.run), r"not a plain tensor file that s2policy wrote",
          "run", setup=_pickle_state),
     # evaluation
     Case("evaluation", "a checkpoint of another task", lambda c: _eval(c, task="stack"),

@@ -87,13 +87,8 @@ class Rollouts:
         out: Path,
         on_episode: Callable[[dict[str, Any]], None] | None = None,
     ):
-        self.cfg, self.task, self.runner, self.out, self.on_episode = (
-            cfg,
-            task,
-            runner,
-            out,
-            on_episode,
-        )
+        self.cfg, self.task, self.runner = cfg, task, runner
+        self.out, self.on_episode = out, on_episode
         self.n_envs = runner.n_envs
         self.video_cam = task.env.cameras[0] if task.env.cameras else None
         self.slots = [Slot() for _ in range(self.n_envs)]
@@ -121,7 +116,7 @@ class Rollouts:
                 for i in np.flatnonzero(self._active()):
                     self._record_step(i, obs, bool(infos["success"][i]), finished[i])
                 if finished.any() and self._active().any():
-                    obs = self._start(venv, finished, obs)
+                    obs = self._start(venv, finished)
         finally:
             venv.close()
         return self.episodes
@@ -142,7 +137,7 @@ class Rollouts:
     def _active(self) -> np.ndarray:
         return np.array([s.index >= 0 for s in self.slots])
 
-    def _start(self, venv, mask: np.ndarray, obs: dict | None = None) -> dict[str, np.ndarray]:
+    def _start(self, venv, mask: np.ndarray) -> dict[str, np.ndarray]:
         """Reset the masked slots with the next seeds (idle when none is left)."""
         for i in np.flatnonzero(mask):
             if self.queue:

@@ -167,6 +167,15 @@ def _complete(ckpt: Path) -> bool:
     return (ckpt / "policy.json").is_file() and (ckpt / "model.safetensors").is_file()
 
 
+def _whole(run_dir: Path) -> Path | None:
+    """The checkpoint of a run directory that is whole: ``checkpoint/``, else (a crash
+    interrupted a swap) ``checkpoint.new/``, else ``checkpoint.old/``; ``None`` when none is."""
+    for name in ("checkpoint", "checkpoint.new", "checkpoint.old"):
+        if _complete(run_dir / name):
+            return run_dir / name
+    return None
+
+
 def checkpoint_dir(path: str | Path) -> Path:
     """Accept a run directory or its ``checkpoint/``. When a crash interrupted the swap of a new
     checkpoint (``checkpoint/`` missing), the whole ``checkpoint.new/`` is the newest, else the
@@ -176,10 +185,8 @@ def checkpoint_dir(path: str | Path) -> Path:
         (path / name).is_dir() for name in ("checkpoint", "checkpoint.new", "checkpoint.old")
     ):
         path = path / "checkpoint"
-    if path.name == "checkpoint" and not _complete(path):
-        for name in ("checkpoint.new", "checkpoint.old"):
-            if _complete(path.parent / name):
-                return path.parent / name
+    if path.name == "checkpoint":
+        path = _whole(path.parent) or path
     if not _complete(path):
         raise FileNotFoundError(
             f"no policy checkpoint at {path} (expected policy.json + model.safetensors, written "
@@ -260,17 +267,13 @@ def recover(run_dir: str | Path) -> Path | None:
     renamed to ``checkpoint``) before a run resumes; returns the checkpoint, or ``None`` when the
     run has none. Nothing is deleted."""
     run_dir = Path(run_dir)
-    final = run_dir / "checkpoint"
-    if _complete(final):
-        return final
-    for name in ("checkpoint.new", "checkpoint.old"):
-        candidate = run_dir / name
-        if _complete(candidate):
-            if final.exists():  # an incomplete directory in the way: keep it aside
-                final.rename(run_dir / f"checkpoint.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
-            candidate.rename(final)
-            return final
-    return None
+    final, whole = run_dir / "checkpoint", _whole(run_dir)
+    if whole is None or whole == final:
+        return whole
+    if final.exists():  # an incomplete directory in the way: keep it aside
+        final.rename(run_dir / f"checkpoint.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+    whole.rename(final)
+    return final
 
 
 def read_weights(file: Path) -> dict[str, torch.Tensor]:
@@ -296,10 +299,10 @@ def read_training_state(file: Path) -> dict[str, Any]:
         ) from err
 
 
-def load_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Policy weights and training state of a checkpoint (for resuming)."""
+def training_state(path: str | Path) -> dict[str, Any]:
+    """The training state of a checkpoint (optimizer, scheduler, EMA, RNG states, step)."""
     ckpt = checkpoint_dir(path)
     state_file = ckpt / "training_state.pt"
     if not state_file.is_file():
         raise FileNotFoundError(f"{ckpt} has no training_state.pt; it cannot be resumed")
-    return read_weights(ckpt / "model.safetensors"), read_training_state(state_file)
+    return read_training_state(state_file)

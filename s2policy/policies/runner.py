@@ -151,6 +151,8 @@ class ActionRunner:
         self.histories: list[deque] = [deque(maxlen=n_obs_steps) for _ in range(n_envs)]
         self.queues = [ActionQueue(ensemble_decay) for _ in range(n_envs)]
         self.ticks = [0] * n_envs
+        #: The seed of each environment's current episode (``None``: unseeded or not started).
+        self.seeds: list[int | None] = [None] * n_envs
         self.generators: list[torch.Generator | None] = [None] * n_envs
         self.latency: dict[str, list[float]] = {"encoder_ms": [], "policy_ms": []}
 
@@ -168,6 +170,7 @@ class ActionRunner:
             self.histories[i].clear()
             self.queues[i].clear()
             self.ticks[i] = 0
+            self.seeds[i] = seeds[i]
             gen = torch.Generator(self.device)
             if seeds[i] is None:
                 gen.seed()

@@ -25,9 +25,9 @@ from s2policy.policies.artifact import (
     Provenance,
     TrainedPolicy,
     load,
-    load_training_state,
     recover,
     save,
+    training_state,
 )
 from s2policy.runtime import autocast, init_distributed, resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
@@ -175,7 +175,8 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
         ckpt = recover(out)  # whole now (or None): no rank renames anything here
     elif rank == 0:
         refuse_overwrite(cfg, out)
-    resumed = load(ckpt) if ckpt is not None else None
+    # the raw weights, which the run continues from (EMA weights are part of the state)
+    resumed = load(ckpt, use_ema=False) if ckpt is not None else None
     if resumed is not None:  # before any cache is built for a config that cannot resume
         check_resume_config(cfg, resumed)
     prepared = prepare_data(cfg, device, dtype)
@@ -207,10 +208,9 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
         rank=rank,
         loss_key="train_loss",
     )
-    if ckpt is not None:
-        weights, state = load_training_state(ckpt)
-        policy.load_state_dict(weights)
-        logger.info("resumed %s at step %d", out, trainer.resume(state))
+    if resumed is not None:
+        policy.load_state_dict(resumed.policy.state_dict())
+        logger.info("resumed %s at step %d", out, trainer.resume(training_state(ckpt)))
     model = DistributedDataParallel(policy) if world > 1 else policy
     provenance = prepared.provenance(cfg)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))

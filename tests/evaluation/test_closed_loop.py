@@ -25,7 +25,6 @@ class ExpertRunner(ActionRunner):
         self.env = task.make_env()  # gives the experts the task's action scaling
         super().__init__(n_envs, 1, 1, self.env.action_space.shape[0])
         self.experts = [self.env.unwrapped.expert(self.env) for _ in range(n_envs)]
-        self.seeds: list[int | None] = [None] * n_envs
         self.reset_masks: list[list[bool]] = []
         self.active_masks: list[list[bool]] = []
         self.firsts: list[tuple[int, dict[str, np.ndarray]]] = []  # (seed, first observation)
@@ -35,7 +34,6 @@ class ExpertRunner(ActionRunner):
         mask = [True] * self.n_envs if mask is None else [bool(m) for m in mask]
         self.reset_masks.append(mask)
         for i in np.flatnonzero(mask):
-            self.seeds[i] = seeds[i]
             self.experts[i].reset(seed=seeds[i])
 
     def observe(self, i, obs):

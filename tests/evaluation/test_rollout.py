@@ -78,25 +78,18 @@ class RecordingRunner(PolicyRunner):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.loops: dict[int, dict[str, list]] = {}
-        self.seed_of: list[int | None] = [None] * self.n_envs
-
-    def reset(self, seeds, mask=None):
-        super().reset(seeds, mask)
-        for i in range(self.n_envs):
-            if mask is None or mask[i]:
-                self.seed_of[i] = seeds[i]
 
     def observe(self, i, obs):
         if not self.histories[i]:  # an episode's first observation (idle slots get none)
-            self.loops[self.seed_of[i]] = {"state": [], "action": []}
-        self.loops[self.seed_of[i]]["state"].append(np.array(obs["state"]))
+            self.loops[self.seeds[i]] = {"state": [], "action": []}
+        self.loops[self.seeds[i]]["state"].append(np.array(obs["state"]))
         super().observe(i, obs)
 
     def act(self, observations, active=None):
         actions = super().act(observations, active)
         for i in range(self.n_envs):
             if active is None or active[i]:
-                self.loops[self.seed_of[i]]["action"].append(actions[i].copy())
+                self.loops[self.seeds[i]]["action"].append(actions[i].copy())
         return actions
 
 

@@ -53,6 +53,7 @@ def test_reset_between_episodes_clears_history_queue_and_reseeds():
     first = torch.rand(3, generator=r.generators[0])
     r.reset([7])
     assert r.ticks == [0] and not r.queues[0].chunks and not r.histories[0]
+    assert r.seeds == [7]
     assert torch.equal(torch.rand(3, generator=r.generators[0]), first)  # same seed, same noise
     assert r.act(obs(5))[0, 0] == 50  # a fresh chunk from the new episode's observation
     assert r.calls[-1][1] == [[5, 5]]

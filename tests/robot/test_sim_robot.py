@@ -119,18 +119,11 @@ class RecordingRunner(PolicyRunner):
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.states: dict[int, list[np.ndarray]] = {}
-        self.seed_of: list[int | None] = [None] * self.n_envs
-
-    def reset(self, seeds, mask=None):
-        super().reset(seeds, mask)
-        for i in range(self.n_envs):
-            if mask is None or mask[i]:
-                self.seed_of[i] = seeds[i]
 
     def observe(self, i, obs):
         if not self.histories[i]:  # the episode's first observation (idle slots get none)
-            self.states[self.seed_of[i]] = []
-        self.states[self.seed_of[i]].append(np.array(obs["state"]))
+            self.states[self.seeds[i]] = []
+        self.states[self.seeds[i]].append(np.array(obs["state"]))
         super().observe(i, obs)
 
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from s2policy.encoders.s2 import EncoderConfig
-from s2policy.policies.artifact import load, load_training_state
+from s2policy.policies.artifact import load, training_state
 from s2policy.policies.mlp import MLPPolicyConfig
 from s2policy.training.loop import train
 
@@ -162,7 +162,7 @@ def test_training_state_that_is_not_plain_tensors_is_refused(ckpt_copy, tmp_path
     ckpt = ckpt_copy(tmp_path / "run")
     torch.save({"step": 3, "payload": Payload()}, ckpt / "training_state.pt")
     with pytest.raises(ValueError, match="not a plain tensor file") as err:
-        load_training_state(ckpt)
+        training_state(ckpt)
     assert "weights_only=False" not in str(err.value)
 
 
