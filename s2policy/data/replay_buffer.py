@@ -216,13 +216,10 @@ class ChunkCheck:
         return bad
 
     def verify(self, chunks: Iterable[int], limit: int) -> None:
-        for chunk in chunks:
-            if chunk in self._ok:
-                continue
-            problem = self.problem(chunk, limit)
-            if problem:
-                raise self.error(problem)
-            self._ok.add(chunk)
+        """Raise the store's sentence for the first of ``chunks`` that has a problem."""
+        bad = self.damaged(chunks, limit)
+        if bad:
+            raise self.error(self.problem(bad[0], limit))
 
     def read(self, chunks: Iterable[int], limit: int, read: Callable[[], np.ndarray]) -> np.ndarray:
         """``read()`` after checking ``chunks``; a failure to decode is located to its chunk."""
