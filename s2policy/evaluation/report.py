@@ -35,13 +35,16 @@ from s2policy.evaluation.stats import success_rate
 
 COLUMNS = ["task", "demos", "dataset", "backbone", "scales", "weights", "params_M",
            "gflops_per_img", "encoder_ms", "probe_object_r2", "probe_gripper_r2", "policy",
-           "randomization", "success", "ci95_low", "ci95_high", "normalized", "episodes", "seeds",
-           "seed_rates"]  # fmt: skip
+           "recipe", "randomization", "success", "ci95_low", "ci95_high", "normalized", "episodes",
+           "seeds", "seed_rates"]  # fmt: skip
 #: What a blind and an oracle row must share with a row to normalize its rate.
-FLOOR_KEYS = ("task", "dataset", "demos", "policy", "randomization")
+FLOOR_KEYS = ("task", "dataset", "demos", "policy", "execution", "randomization")
+#: The row's recipe beside the encoder and policy: ``exec 8`` (actions executed per chunk),
+#: ``ens 0.1`` (temporal ensembling), ``aug 4`` (augmented views), ``pool tokens``.
+RECIPE_DEFAULT_POOL = "cls"
 BLIND_LABEL, ORACLE_LABEL = "blind (state only)", "oracle (privileged state)"
 #: What identifies a configuration across tasks (the summary's rows).
-CONFIG_KEYS = ("demos", "backbone", "scales", "weights", "policy", "randomization")
+CONFIG_KEYS = ("demos", "backbone", "scales", "weights", "policy", "recipe", "randomization")
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:
@@ -65,9 +68,33 @@ def randomization_label(result: dict[str, Any]) -> str:
     return evaluated if evaluated == trained else f"{evaluated} (demos: {trained})"
 
 
+def execution_label(result: dict[str, Any]) -> str:
+    """How a run's chunks were executed (evaluation settings): ``exec 1``, ``exec 4, ens 0.1``."""
+    ev = result.get("eval", {})
+    parts = [f"exec {ev.get('n_action_steps', '?')}"]
+    if ev.get("ensemble_decay") is not None:
+        parts.append(f"ens {ev['ensemble_decay']}")
+    if ev.get("infer_when_remaining"):
+        parts.append(f"overlap {ev['infer_when_remaining']}")
+    return ", ".join(parts)
+
+
+def recipe_label(result: dict[str, Any]) -> str:
+    """What else makes a run's configuration: a non-default pooling and the augmented views it
+    trained on (image encoders only), and its execution (:func:`execution_label`)."""
+    parts = []
+    if result["encoder"]["backbone"] not in (BLIND, ORACLE):
+        if result["encoder"].get("pool", RECIPE_DEFAULT_POOL) != RECIPE_DEFAULT_POOL:
+            parts.append(f"pool {result['encoder']['pool']}")
+        if result.get("augment_views"):
+            parts.append(f"aug {result['augment_views']}")
+    return ", ".join([*parts, execution_label(result)])
+
+
 def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (task, dataset, backbone, scales, weights, policy, randomization); episodes
-    pooled over training seeds (never over datasets: runs on other demonstrations stay apart)."""
+    """One row per (task, dataset, backbone, scales, weights, policy, recipe, randomization);
+    episodes pooled over training seeds (never over datasets: runs on other demonstrations stay
+    apart; never over recipes: another execution setting is another row)."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         enc = r["encoder"]
@@ -79,12 +106,13 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             tuple(enc["scales"]),
             enc.get("weights"),
             r["policy"],
+            recipe_label(r),
             randomization_label(r),
         )
         groups[key].append(r)
     rows = []
     for key, runs in sorted(groups.items(), key=str):
-        task, dataset, demos, backbone, scales, weights, policy, rand = key
+        task, dataset, demos, backbone, scales, weights, policy, recipe, rand = key
         blind, oracle = backbone == BLIND, backbone == ORACLE
         wins = sum(r["successes"] for r in runs)
         n = sum(r["n_episodes"] for r in runs)
@@ -112,6 +140,8 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "probe_object_r2": probe_mean("object_pos"),
                 "probe_gripper_r2": probe_mean("gripper"),
                 "policy": policy,
+                "recipe": recipe,
+                "execution": execution_label(runs[0]),
                 "randomization": rand,
                 "success": rate.rate,
                 "ci95_low": rate.low,
@@ -174,10 +204,10 @@ def summary_rows(rows: list[dict[str, Any]], tasks: list[str]) -> list[dict[str,
 
 def summary_markdown(summary: list[dict[str, Any]], tasks: list[str]) -> str:
     lines = [
-        "| demos | backbone | scales | weights | policy | randomization | "
+        "| demos | backbone | scales | weights | policy | recipe | randomization | "
         + " | ".join(f"{t} success (episodes)" for t in tasks)
         + " | mean over tasks [95% CI] | tasks |",
-        "| ---: | --- | --- | --- | --- | --- | "
+        "| ---: | --- | --- | --- | --- | --- | --- | "
         + " | ".join("---:" for _ in tasks)
         + " | --- | ---: |",
     ]
@@ -189,7 +219,7 @@ def summary_markdown(summary: list[dict[str, Any]], tasks: list[str]) -> str:
         ]  # fmt: skip
         lines.append(
             f"| {s['demos']} | {s['backbone']} | {s['scales']} | {s['weights']} | {s['policy']} | "
-            f"{s['randomization']} | " + " | ".join(cells) + " | "
+            f"{s['recipe']} | {s['randomization']} | " + " | ".join(cells) + " | "
             f"{100 * s['mean_success']:.1f}% [{100 * s['ci95_low']:.1f}, "
             f"{100 * s['ci95_high']:.1f}] | {s['tasks']}/{len(tasks)} |"
         )
@@ -199,9 +229,9 @@ def summary_markdown(summary: list[dict[str, Any]], tasks: list[str]) -> str:
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| task | demos | backbone | scales | weights | params (M) | GFLOPs/img | "
-        "encoder ms/call | probe R² object | probe R² gripper | policy | randomization | "
+        "encoder ms/call | probe R² object | probe R² gripper | policy | recipe | randomization | "
         "success [95% CI] | normalized | episodes | seeds (per-seed success) |",
-        "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- "
+        "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- "
         "| ---: | ---: | --- |",
     ]
 
@@ -213,7 +243,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['task']} | {r['demos']} | {r['backbone']} | {r['scales']} | {r['weights']} | "
             f"{r['params_M']:.2f} | {r['gflops_per_img']:.3f} | {r['encoder_ms']:.1f} | "
             f"{r2(r['probe_object_r2'])} | {r2(r['probe_gripper_r2'])} | {r['policy']} | "
-            f"{r['randomization']} | "
+            f"{r['recipe']} | {r['randomization']} | "
             f"{100 * r['success']:.1f}% [{100 * r['ci95_low']:.1f}, {100 * r['ci95_high']:.1f}] | "
             f"{r2(r['normalized'])} | {r['episodes']} | {r['seeds']} ({r['seed_rates']}) |"
         )
@@ -236,13 +266,16 @@ def plot(rows: list[dict[str, Any]], path: Path, tasks: list[str] | None = None)
         for r in (r for r in rows if r["task"] == task):
             y = 100 * r["success"]
             if r["backbone"] == ORACLE_LABEL:  # no encoder: a ceiling line, not a point
-                ax.axhline(y, color="0.4", ls="--", lw=1, label=f"oracle {r['policy']} ({y:.0f}%)")
+                label = f"oracle {r['policy']} {r['recipe']} ({y:.0f}%)"
+                ax.axhline(y, color="0.4", ls="--", lw=1, label=label)
                 continue
             err = [[max(0.0, y - 100 * r["ci95_low"])], [max(0.0, 100 * r["ci95_high"] - y)]]
             weights = "" if r["weights"] in ("-", "random") else f" {r['weights']}"
             rand = "" if r["randomization"] == "off" else f" [{r['randomization']}]"
             demos = "" if r["demos"] == "-" else f" {r['demos']} demos"
-            label = f"{r['backbone']} {r['scales']}{weights} {r['policy']}{rand}{demos}"
+            label = (
+                f"{r['backbone']} {r['scales']}{weights} {r['policy']} ({r['recipe']}){rand}{demos}"
+            )
             ax.errorbar(
                 r["gflops_per_img"], y, yerr=err, fmt="o", capsize=4, label=label.replace(" -", "")
             )
@@ -306,7 +339,7 @@ def write_report(
         md += f"### {task}\n\n" + to_markdown([r for r in rows if r["task"] == task]) + "\n"
     (out / "report.md").write_text(md)
     with (out / "report.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return md, [*written, plot(rows, out / "success_vs_gflops.png", tasks)]

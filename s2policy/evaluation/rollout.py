@@ -231,6 +231,7 @@ def encoder_summary(trained: TrainedPolicy, runner: PolicyRunner, task: TaskConf
         "backbone": cfg.backbone,
         "scales": list(cfg.scales),
         "weights": cfg.weights,
+        "pool": cfg.pool,
         "params": int(runner.live.encoder.backbone_cfg["params"]),
         "gflops_per_image": runner.live.encoder.gflops_per_image(height, width),
     }
@@ -255,6 +256,10 @@ def write_results(
         "dataset": trained.provenance.dataset,
         "demos": trained.provenance.dataset_episodes,
         "encoder": encoder_summary(trained, runner, task),
+        # Augmented views per frame in the feature cache it was trained on (0: none).
+        "augment_views": int(
+            trained.provenance.config.get("train", {}).get("augment", {}).get("views", 0)
+        ),
         "eval": {
             "seeds": [e["seed"] for e in episodes],
             "n_envs": cfg.n_envs,

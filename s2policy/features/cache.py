@@ -6,11 +6,14 @@ Layout, beside the demonstrations::
                                             cameras, n_steps, chunk_steps, complete
     <store>.zarr/features/<fp>/<camera>    float16 (n_steps, *feature_shape), chunked in time
     <store>.zarr/features/<fp>/done/<cam>  uint8 (n_chunks,), one file per chunk: 1 = written
+    <store>.zarr/features/<fp>/<cam>@aug<k> with ``augment.views`` > 0: the features of view ``k``
+                                            of every frame (:mod:`s2policy.features.augment`)
 
-``fp = sha256(dataset identity, encoder spec, weights digest, compute dtype)``. Features are
-written one time-chunk at a time (each a single, atomically written chunk file), then that chunk's
-done flag; ``complete`` is set last. A rerun skips chunks already done, so a killed build resumes
-where it stopped. Under ``torchrun`` rank ``r`` of ``w`` takes chunks ``i`` with ``i % w == r``.
+``fp = sha256(dataset identity, encoder spec, weights digest, compute dtype[, augment spec])``.
+Features are written one time-chunk at a time (each a single, atomically written chunk file), then
+that chunk's done flag; ``complete`` is set last. A rerun skips chunks already done, so a killed
+build resumes where it stopped. Under ``torchrun`` rank ``r`` of ``w`` takes chunks ``i`` with
+``i % w == r``.
 
 Crash safety and integrity: the group's attributes are written (in one file) after its arrays, so a
 build killed while creating the cache leaves a group without attributes and without any done
@@ -41,6 +44,7 @@ from zarr.core.sync import sync
 from s2policy.data.replay_buffer import ChunkCheck, ReplayBuffer
 from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.encoders.s2 import S2Encoder
+from s2policy.features.augment import AugmentConfig, augment_frames, split_view, view_arrays
 from s2policy.fileio import crash_point
 from s2policy.runtime import DTYPES
 
@@ -69,14 +73,19 @@ def dataset_identity(buffer: ReplayBuffer, cameras: list[str], n_sample: int = 1
     return h.hexdigest()
 
 
-def fingerprint(identity: str, spec: dict[str, Any], dtype: str) -> str:
-    """Cache key of (dataset identity, encoder spec incl. weights digest, compute dtype)."""
+def fingerprint(
+    identity: str, spec: dict[str, Any], dtype: str, augment: AugmentConfig | None = None
+) -> str:
+    """Cache key of (dataset identity, encoder spec incl. weights digest, compute dtype, and the
+    augmentation spec when the cache holds augmented views)."""
     payload = {
         "dataset": identity,
         "spec": spec,
         "weights_digest": spec["backbone"]["weights_digest"],
         "dtype": dtype,
     }
+    if augment is not None and augment.enabled:
+        payload["augment"] = augment.spec()
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -98,11 +107,21 @@ def _is_image(buffer: ReplayBuffer, key: str) -> bool:
     return arr.dtype == np.uint8 and len(arr.shape) == 4 and arr.shape[-1] == 3
 
 
+def _arrays(attrs: dict[str, Any]) -> list[str]:
+    """Every feature array of a cache: its cameras, then their augmented views (if any)."""
+    return list(attrs.get("arrays") or attrs["cameras"])
+
+
 @dataclass
 class CacheInfo:
     fingerprint: str
     path: Path
     attrs: dict[str, Any]
+
+    @property
+    def views(self) -> int:
+        """Augmented views per frame stored beside the plain features (0: none)."""
+        return int((self.attrs.get("augment") or {}).get("views", 0))
 
     @property
     def complete(self) -> bool:
@@ -204,7 +223,7 @@ def list_caches(store: str | Path) -> list[CacheInfo]:
 def progress(info: CacheInfo) -> tuple[int, int]:
     """``(done chunks, all chunks)`` of a cache whose creation finished."""
     group = zarr.open_group(str(info.path), mode="r")[f"{FEATURES}/{info.fingerprint}"]
-    flags = [group[f"done/{c}"][:] for c in info.attrs["cameras"]]
+    flags = [group[f"done/{c}"][:] for c in _arrays(info.attrs)]
     return int(sum(f.sum() for f in flags)), int(sum(f.size for f in flags))
 
 
@@ -223,7 +242,8 @@ def describe(info: CacheInfo) -> str:
             f"python cache_features.py action=remove dataset={info.path} "
             f"fingerprint={info.fingerprint})"
         )
-    return f"{describe_spec(info.attrs['spec'])} dtype={info.attrs['dtype']}"
+    augment = f" augment={info.attrs['augment']}" if info.attrs.get("augment") else ""
+    return f"{describe_spec(info.attrs['spec'])} dtype={info.attrs['dtype']}{augment}"
 
 
 def describe_spec(spec: dict[str, Any]) -> str:
@@ -235,23 +255,31 @@ def describe_spec(spec: dict[str, Any]) -> str:
 
 
 def cache_fingerprint(
-    store: str | Path, encoder: S2Encoder, cameras: list[str] | None = None, dtype: str = "float32"
+    store: str | Path,
+    encoder: S2Encoder,
+    cameras: list[str] | None = None,
+    dtype: str = "float32",
+    augment: AugmentConfig | None = None,
 ) -> str:
     """The fingerprint of ``encoder``'s cache on ``store``'s current frames."""
     buffer = ReplayBuffer.open(store)
     cameras = resolve_cameras(buffer, cameras)
-    return fingerprint(dataset_identity(buffer, cameras), encoder.spec(), dtype)
+    return fingerprint(dataset_identity(buffer, cameras), encoder.spec(), dtype, augment)
 
 
 def open_cache(
-    store: str | Path, encoder: S2Encoder, cameras: list[str] | None = None, dtype: str = "float32"
+    store: str | Path,
+    encoder: S2Encoder,
+    cameras: list[str] | None = None,
+    dtype: str = "float32",
+    augment: AugmentConfig | None = None,
 ) -> CacheInfo:
-    """The complete cache of ``encoder`` on ``store``'s current frames, or a :class:`CacheError`
-    saying what is missing, incomplete, or different."""
+    """The complete cache of ``encoder`` (with ``augment``'s views) on ``store``'s current frames,
+    or a :class:`CacheError` saying what is missing, incomplete, or different."""
     buffer = ReplayBuffer.open(store)
     cameras = resolve_cameras(buffer, cameras)
     spec = encoder.spec()
-    fp = fingerprint(dataset_identity(buffer, cameras), spec, dtype)
+    fp = fingerprint(dataset_identity(buffer, cameras), spec, dtype, augment)
     caches = {c.fingerprint: c for c in list_caches(store)}
     if fp not in caches:
         others = "; ".join(
@@ -264,10 +292,11 @@ def open_cache(
             )
             for c in caches.values()
         )
+        views = f" augment={augment.spec()}" if augment is not None and augment.enabled else ""
         raise CacheError(
-            f"no feature cache in {store} for encoder {describe_spec(spec)} dtype={dtype} "
+            f"no feature cache in {store} for encoder {describe_spec(spec)} dtype={dtype}{views} "
             f"(fingerprint {fp}); existing caches: {others or 'none'}. Build it with "
-            "python cache_features.py dataset=... encoder=..."
+            "python cache_features.py dataset=... encoder=... (augment.views=... for views)"
         )
     info = caches[fp]
     if not info.complete:
@@ -288,11 +317,13 @@ def build_cache(
     chunk_steps: int = 256,
     dtype: str = "float32",
     on_chunk: Callable[[int, int], None] | None = None,
+    augment: AugmentConfig | None = None,
 ) -> CacheInfo:
     """Compute (or finish) the features of ``encoder`` for ``store`` and return the cache.
 
     ``on_chunk(done, total)`` is called after each chunk this process writes. The encoder's
     device is used; ``dtype`` ``bfloat16``/``float16`` runs it under autocast (GPU path).
+    ``augment`` with ``views > 0`` also stores that many augmented views of every frame.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
@@ -305,41 +336,43 @@ def build_cache(
     cameras = resolve_cameras(buffer, cameras)
     identity = dataset_identity(buffer, cameras)
     spec = encoder.spec()
-    fp = fingerprint(identity, spec, dtype)
+    augment = augment if augment is not None and augment.enabled else None
+    fp = fingerprint(identity, spec, dtype, augment)
     if rank == 0:
-        _prepare_group(buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps)
+        _prepare_group(buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps, augment)
     _barrier(world)
     group = zarr.open_group(str(store), mode="r+")[f"{FEATURES}/{fp}"]
     if group.attrs.get("complete"):
         return CacheInfo(fp, Path(store), group.attrs.asdict())
     chunk_steps = int(group.attrs["chunk_steps"])
     n_chunks = -(-buffer.n_steps // chunk_steps)
+    arrays = _arrays(group.attrs.asdict())
     todo = [
         (cam, i)
-        for cam in cameras
+        for cam in arrays
         for i in np.flatnonzero(group[f"done/{cam}"][:] == 0).tolist()
         if i % world == rank
     ]
-    total, done_before = n_chunks * len(cameras), n_chunks * len(cameras) - len(todo) * world
+    total, done_before = n_chunks * len(arrays), n_chunks * len(arrays) - len(todo) * world
     if todo and len(todo) * world < total:
         logger.info("resuming cache %s: %d chunks left for this process", fp, len(todo))
     device = next(encoder.parameters()).device
     # write every chunk file, even one equal to the fill value: a missing file means a lost chunk
-    arrays = {cam: group[cam].with_config({"write_empty_chunks": True}) for cam in cameras}
-    for n, (cam, i, frames) in enumerate(_prefetch(buffer, todo, chunk_steps)):
+    writers = {cam: group[cam].with_config({"write_empty_chunks": True}) for cam in arrays}
+    for n, (cam, i, frames) in enumerate(_prefetch(buffer, todo, chunk_steps, augment)):
         feats = encode_frames(encoder, frames, batch_size, dtype, device)
         start = i * chunk_steps
-        arrays[cam][start : start + len(feats)] = stored(feats)
+        writers[cam][start : start + len(feats)] = stored(feats)
         crash_point("cache.chunk")
         group[f"done/{cam}"][i] = 1
         if on_chunk is not None:
             on_chunk(min(total, done_before + (n + 1) * world), total)
     if world > 1:  # each rank's share of the build (the torchrun test checks the split)
-        shares = {c: [i for k, i in todo if k == c] for c in cameras}
+        shares = {c: [i for k, i in todo if k == c] for c in arrays}
         logger.info("cache %s: rank %d of %d wrote chunks %s", fp, rank, world, shares)
     _barrier(world)
     if rank == 0:
-        if all((group[f"done/{c}"][:] == 1).all() for c in cameras):
+        if all((group[f"done/{c}"][:] == 1).all() for c in arrays):
             crash_point("cache.done")
             group.attrs["complete"] = True
     _barrier(world)
@@ -376,6 +409,7 @@ def verify_cache(
     seed: int = 0,
     atol: float = 2e-2,
     rtol: float = 1e-2,
+    augment: AugmentConfig | None = None,
 ) -> float:
     """Recompute ``n_samples`` random frames per camera and compare with the cache; returns the
     largest absolute difference, raises :class:`CacheError` beyond ``atol + rtol * |value|``
@@ -384,17 +418,18 @@ def verify_cache(
     First every chunk file of the cache is checked (present, decodes); damaged chunks get their
     done flags cleared, so the next build recomputes just them, and a :class:`CacheError` lists
     them."""
-    info = open_cache(store, encoder, cameras, dtype)
+    info = open_cache(store, encoder, cameras, dtype, augment)
     _check_chunks(info)
     buffer = ReplayBuffer.open(store)
     rng = np.random.default_rng(seed)
     device = next(encoder.parameters()).device
     worst = 0.0
-    for cam in cameras or info.attrs["cameras"]:
+    for cam in view_arrays(cameras or info.attrs["cameras"], info.views):
         idx = np.sort(
             rng.choice(buffer.n_steps, size=min(n_samples, buffer.n_steps), replace=False)
         )
-        live = encode_frames(encoder, buffer[cam][idx], len(idx), dtype, device)
+        frames = _frames(buffer, cam, idx, augment)
+        live = encode_frames(encoder, frames, len(idx), dtype, device)
         cached = info.features(cam).oindex[idx].astype(np.float32)
         diff = np.abs(live - cached)
         worst = max(worst, float(diff.max()))
@@ -415,7 +450,22 @@ def remove_cache(store: str | Path, fp: str) -> None:
 
 
 # ---------------------------------------------------------------------------- internals
-def _prepare_group(buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps) -> None:
+def _frames(
+    buffer: ReplayBuffer, array: str, steps: np.ndarray, augment: AugmentConfig | None
+) -> np.ndarray:
+    """The frames a cache array encodes at ``steps``: the camera's own, or their augmented view."""
+    camera, view = split_view(array)
+    frames = buffer[camera][steps]
+    if view is None:
+        return frames
+    return np.concatenate(
+        [augment_frames(frames[j : j + 1], augment, view, int(t)) for j, t in enumerate(steps)]
+    )
+
+
+def _prepare_group(
+    buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps, augment
+) -> None:
     """Create the cache's group, or check the existing one: recreate it when its creation was
     interrupted (no chunk done yet), and clear the done flags of chunks whose file is missing."""
     root = zarr.open_group(str(buffer.path), mode="r+")
@@ -423,7 +473,8 @@ def _prepare_group(buffer, fp, cameras, encoder, identity, spec, dtype, chunk_st
     if fp in features:
         group = features[fp]
         info = CacheInfo(fp, Path(buffer.path), group.attrs.asdict())
-        arrays = [a for c in cameras for a in (c, f"done/{c}")]
+        names = view_arrays(cameras, augment.views if augment else 0)
+        arrays = [a for c in names for a in (c, f"done/{c}")]
         if info.created and all(a in group for a in arrays):
             attrs = info.attrs
             if attrs["n_steps"] != buffer.n_steps or sorted(attrs["cameras"]) != sorted(cameras):
@@ -449,10 +500,14 @@ def _prepare_group(buffer, fp, cameras, encoder, identity, spec, dtype, chunk_st
             fp,
             buffer.path,
         )
-    _create_group(features, buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps)
+    _create_group(
+        features, buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps, augment
+    )
 
 
-def _create_group(features, buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps):
+def _create_group(
+    features, buffer, fp, cameras, encoder, identity, spec, dtype, chunk_steps, augment
+):
     group = features.create_group(fp, overwrite=True)
     height, width = buffer[cameras[0]].shape[1:3]
     shape = encoder.output_shape(height, width)
@@ -460,6 +515,7 @@ def _create_group(features, buffer, fp, cameras, encoder, identity, spec, dtype,
     for cam in cameras:
         if buffer[cam].shape[1:3] != (height, width):
             raise CacheError(f"cameras {cameras} have different image sizes; cache them apart")
+    for cam in view_arrays(cameras, augment.views if augment else 0):
         group.create_array(
             cam,
             shape=(buffer.n_steps, *shape),
@@ -469,8 +525,14 @@ def _create_group(features, buffer, fp, cameras, encoder, identity, spec, dtype,
         )
         group.require_group("done").create_array(cam, shape=(n_chunks,), chunks=(1,), dtype="uint8")
     crash_point("cache.create")
+    views = (
+        {"augment": augment.spec(), "arrays": view_arrays(cameras, augment.views)}
+        if augment
+        else {}
+    )
     group.attrs.update(
         {
+            **views,
             "fingerprint": fp,
             "spec": spec,
             "weights_digest": spec["backbone"]["weights_digest"],
@@ -487,13 +549,22 @@ def _create_group(features, buffer, fp, cameras, encoder, identity, spec, dtype,
 
 
 def _prefetch(
-    buffer: ReplayBuffer, todo: list[tuple[str, int]], chunk_steps: int, depth: int = 2
+    buffer: ReplayBuffer,
+    todo: list[tuple[str, int]],
+    chunk_steps: int,
+    augment: AugmentConfig | None = None,
+    depth: int = 2,
 ) -> Iterator[tuple[str, int, np.ndarray]]:
-    """Yield ``(camera, chunk, frames)`` while a thread reads (decompresses) the next chunks."""
+    """Yield ``(array, chunk, frames)`` while a thread reads (decompresses, augments) the next
+    chunks."""
 
     def read(item):
-        cam, i = item
-        return cam, i, buffer[cam][i * chunk_steps : (i + 1) * chunk_steps]
+        array, i = item
+        camera, view = split_view(array)
+        frames = buffer[camera][i * chunk_steps : (i + 1) * chunk_steps]
+        if view is not None:
+            frames = augment_frames(frames, augment, view, i * chunk_steps)
+        return array, i, frames
 
     with ThreadPoolExecutor(max_workers=depth) as pool:
         futures = [pool.submit(read, item) for item in todo[:depth]]
@@ -586,7 +657,7 @@ def _repair(info: CacheInfo, group: zarr.Group) -> None:
     kill in between leaves a cache that is still resumed, never one that reads as complete)."""
     chunk_steps, n_steps = int(info.attrs["chunk_steps"]), int(info.attrs["n_steps"])
     lost, unset = {}, False
-    for cam in info.attrs["cameras"]:
+    for cam in _arrays(info.attrs):
         flags = group[f"done/{cam}"][:]
         done = np.flatnonzero(flags == 1).tolist()
         unset |= len(done) < len(flags)
@@ -614,7 +685,7 @@ def _check_chunks(info: CacheInfo) -> None:
     group = zarr.open_group(str(info.path), mode="r+")[f"{FEATURES}/{info.fingerprint}"]
     chunk_steps, n_steps = int(info.attrs["chunk_steps"]), int(info.attrs["n_steps"])
     parts, damaged = [], {}
-    for cam in info.attrs["cameras"]:
+    for cam in _arrays(info.attrs):
         array = group[cam]
         done = np.flatnonzero(group[f"done/{cam}"][:] == 1).tolist()
         stored_chunks = _stored_chunks(array)

@@ -12,6 +12,7 @@ import torch
 
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.features import cache
+from s2policy.features.augment import AugmentConfig
 from s2policy.runtime import init_distributed, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class CacheCommandConfig:
     fingerprint: str | None = None
     #: ``verify``: frames per camera recomputed and compared.
     n_verify: int = 16
+    #: Augmented views of every frame cached beside the plain features (``augment.views=4``).
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
         if self.action not in ACTIONS:
@@ -78,7 +81,14 @@ def run_cache_command(
     encoder = build_encoder(cfg.encoder).to(device)
     if cfg.action == "build":
         info = cache.build_cache(
-            store, encoder, cfg.cameras, cfg.batch_size, cfg.chunk_steps, dtype, on_chunk
+            store,
+            encoder,
+            cfg.cameras,
+            cfg.batch_size,
+            cfg.chunk_steps,
+            dtype,
+            on_chunk,
+            cfg.augment,
         )
         return [
             f"cache {info.fingerprint} in {store}/features/{info.fingerprint}: "
@@ -86,8 +96,10 @@ def run_cache_command(
             f"complete={info.complete}"
         ]
     if cfg.action == "verify":
-        worst = cache.verify_cache(store, encoder, cfg.cameras, dtype, cfg.n_verify)
+        worst = cache.verify_cache(
+            store, encoder, cfg.cameras, dtype, cfg.n_verify, augment=cfg.augment
+        )
         return [f"cache verified: {cfg.n_verify} frames per camera, max |difference| {worst:.3g}"]
-    fp = cache.cache_fingerprint(store, encoder, cfg.cameras, dtype)
+    fp = cache.cache_fingerprint(store, encoder, cfg.cameras, dtype, cfg.augment)
     cache.remove_cache(store, fp)
     return [f"removed cache {fp} from {store}"]

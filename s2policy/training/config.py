@@ -10,6 +10,7 @@ from omegaconf import MISSING
 
 from s2policy.encoders.s2 import EncoderConfig
 from s2policy.evaluation.config import EvalConfig
+from s2policy.features.augment import AugmentConfig
 from s2policy.task import TaskConfig
 
 
@@ -44,6 +45,9 @@ class TrainConfig:
     #: Feature-cache build options (used when the cache is missing).
     cache_batch_size: int = 64
     cache_chunk_steps: int = 256
+    #: Augmented views cached per frame (``augment.views``); training draws one version of
+    #: each sample's frames among the plain one and the views (s2policy.features.augment).
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
         for name in (

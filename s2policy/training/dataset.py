@@ -1,5 +1,9 @@
 """Training data on cached features: every array of a store in memory as tensors, plus window
-index tables per split, so a batch is one gather (no per-sample Python, no DataLoader)."""
+index tables per split, so a batch is one gather (no per-sample Python, no DataLoader).
+
+A cache with augmented views (:mod:`s2policy.features.augment`) holds ``V`` more versions of
+every camera's features; each training sample draws one of the ``V + 1`` versions (the same for
+all cameras and observation steps of that sample), validation reads the plain one."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import torch
 
 from s2policy.data.replay_buffer import ReplayBuffer, check_finite
 from s2policy.data.sampler import episode_windows, split_episodes
+from s2policy.features.augment import view_name
 from s2policy.features.cache import CacheInfo
 
 logger = logging.getLogger(__name__)
@@ -57,6 +62,9 @@ class CachedFeatureData:
         self.windows = windows
         self.device = torch.device(device)
         self.arrays: dict[str, torch.Tensor] = {}
+        #: Per camera with augmented views: ``(V + 1, T, ...)``, the plain features first.
+        self.versions: dict[str, torch.Tensor] = {}
+        self.n_views = cache.views if cache is not None and self.cameras else 0
         for key in LOWDIM_KEYS:
             if key not in buffer.keys():
                 raise ValueError(f"{store} has no {key!r} array; keys: {buffer.keys()}")
@@ -71,11 +79,21 @@ class CachedFeatureData:
                     f"camera {cam!r} is not in feature cache {cache.fingerprint} (cameras: "
                     f"{cache.attrs['cameras']}; store cameras: {buffer.attrs.get('cameras')})"
                 )
-            feats = cache.features(cam)[:]  # float16 (T, *feature_shape), kept in half precision
-            check_finite(
-                f"features/{cam}", feats.reshape(len(feats), -1), "; remove and rebuild the cache"
-            )
-            self.arrays[cam] = torch.from_numpy(feats).to(self.device)
+            names = [cam] + [view_name(cam, k) for k in range(self.n_views)]
+            versions = []
+            for name in names:
+                feats = cache.features(name)[:]  # float16 (T, *shape), kept in half precision
+                check_finite(
+                    f"features/{name}",
+                    feats.reshape(len(feats), -1),
+                    "; remove and rebuild the cache",
+                )
+                versions.append(torch.from_numpy(feats))
+            if self.n_views:
+                self.versions[cam] = torch.stack(versions).to(self.device)
+                self.arrays[cam] = self.versions[cam][0]
+            else:
+                self.arrays[cam] = versions[0].to(self.device)
         for key, values in (extra or {}).items():
             if len(values) != buffer.n_steps:
                 raise ValueError(f"{key!r} has {len(values)} steps, {store} {buffer.n_steps}")
@@ -111,18 +129,29 @@ class CachedFeatureData:
     def n_windows(self, split: str) -> int:
         return len(self.index[split])
 
-    def batch(self, split: str, rows: torch.Tensor) -> dict[str, Any]:
+    def batch(
+        self, split: str, rows: torch.Tensor, views: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         """Windows ``rows`` of ``split`` -> ``{"obs": {cam/state: (B, T_obs, ...)},
-        "action": (B, horizon, A)}``."""
+        "action": (B, horizon, A)}``; ``views`` ``(B,)``: which version of the features each
+        sample reads (0: plain; only for a cache with augmented views)."""
         win = self.index[split][rows].to(self.device)  # (B, horizon) global step indices
         obs_idx = win[:, : self.windows.n_obs_steps]
-        obs = {cam: self.arrays[cam][obs_idx] for cam in self.cameras}
+        obs = {}
+        for cam in self.cameras:
+            if views is not None and cam in self.versions:
+                obs[cam] = self.versions[cam][views.to(self.device)[:, None], obs_idx]
+            else:
+                obs[cam] = self.arrays[cam][obs_idx]
         obs["state"] = self.arrays["state"][obs_idx]
         return {"obs": obs, "action": self.arrays["action"][win]}
 
     def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, Any]:
         rows = torch.randint(0, len(self), (batch_size,), generator=generator)
-        return self.batch("train", rows)
+        views = None
+        if self.n_views:  # drawn only then: runs without views keep their random stream
+            views = torch.randint(0, self.n_views + 1, (batch_size,), generator=generator)
+        return self.batch("train", rows, views)
 
     def iterate(self, split: str, batch_size: int):
         for start in range(0, self.n_windows(split), batch_size):

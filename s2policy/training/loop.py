@@ -124,9 +124,10 @@ def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> Prep
                 cfg.train.cache_batch_size,
                 cfg.train.cache_chunk_steps,
                 cache_dtype,
+                augment=cfg.train.augment,
             )
         else:
-            cache = open_cache(cfg.dataset, encoder, cameras, cache_dtype)
+            cache = open_cache(cfg.dataset, encoder, cameras, cache_dtype, cfg.train.augment)
         encoder_info = EncoderInfo(cfg.encoder, encoder.spec(), cache_dtype)
         del encoder
     windows = WindowSpec(cfg.policy.n_obs_steps, cfg.policy.horizon, cfg.policy.n_action_steps)

@@ -23,6 +23,7 @@ def result(backbone, scales, seed, successes, n=10, gflops=1.0, policy="mlp", ta
         "successes": successes,
         "success_rate": successes / n,
         "latency": {"encoder_ms": {"mean": 4.0}} if backbone != "none" else {},
+        "eval": {"n_action_steps": 8, "ensemble_decay": None, "infer_when_remaining": 0},
         "episodes": [],
     }
 
@@ -60,7 +61,7 @@ def test_report_files(tmp_path):
     md, files = write_report([runs], tmp_path / "report")
     assert (
         "| cube_pick | - | vit_t | (224, 448) | random | 5.70 | 5.000 | 4.0 | 0.900 | - | mlp | "
-        "off | 80.0% [58.4, 91.9] | - | 20 |" in md
+        "exec 8 | off | 80.0% [58.4, 91.9] | - | 20 |" in md
     )
     assert "blind (state only)" in md and "Summary across tasks" not in md
     rows = list(csv.DictReader((tmp_path / "report" / "report.csv").open()))
@@ -97,15 +98,15 @@ def test_multi_task_report_has_one_table_per_task_and_a_summary(tmp_path):
     pa, pb = (16 + 2) / 24, (6 + 2) / 14  # Agresti-Coull-adjusted rates
     half = 1.959964 * math.sqrt(pa * (1 - pa) / 24 + pb * (1 - pb) / 14) / 2
     row = (
-        f"| - | vit_t | (224, 448) | random | mlp | off | 80.0% (20) | 60.0% (10) | 70.0% "
+        f"| - | vit_t | (224, 448) | random | mlp | exec 8 | off | 80.0% (20) | 60.0% (10) | 70.0% "
         f"[{100 * (0.7 - half):.1f}, {100 * (0.7 + half):.1f}] | 2/2 |"
     )
     assert row in md
-    assert "| - | blind (state only) | - | - | mlp | off | 10.0% (10) | - | 10.0%" in md
+    assert "| - | blind (state only) | - | - | mlp | exec 8 | off | 10.0% (10) | - | 10.0%" in md
     # Held-out evaluations are their own rows, labelled with both settings.
-    assert "| - | vit_t | (224, 448) | random | mlp | heldout (demos: off) | - | 30.0% (10) |" in md
+    assert "| - | vit_t | (224, 448) | random | mlp | exec 8 | heldout (demos: off) | - | 30.0% (10) |" in md
     assert (
-        "| stack | - | vit_t | (224, 448) | random | 5.70 | 1.000 | 4.0 | - | - | mlp | heldout"
+        "| stack | - | vit_t | (224, 448) | random | 5.70 | 1.000 | 4.0 | - | - | mlp | exec 8 | heldout"
         in md
     )
     summary = list(csv.DictReader((tmp_path / "report" / "summary.csv").open()))

@@ -79,3 +79,28 @@ def test_report_normalizes_between_blind_and_oracle():
     assert by[("blind (state only)", "mlp")]["normalized"] == 0.0
     assert by[("oracle (privileged state)", "mlp")]["normalized"] == 1.0
     assert by[("vit_micro", "diffusion")]["normalized"] is None  # no floor/ceiling of its own
+
+
+def test_recipes_stay_apart_and_normalize_within_their_execution():
+    def run(backbone, successes, n_action_steps, views=0, pool="cls"):
+        r = _result(backbone, successes)
+        r["encoder"]["pool"] = pool
+        r["eval"] = {"n_action_steps": n_action_steps, "ensemble_decay": None}
+        return r | {"augment_views": views}
+
+    rows = build_rows(
+        [
+            run("none", 10, 8), run("oracle", 90, 8), run("vit_micro", 50, 8),
+            run("none", 10, 1), run("oracle", 100, 1), run("vit_micro", 60, 1),
+            run("vit_micro", 73, 1, views=4), run("vit_micro", 37, 1, pool="tokens"),
+            run("oracle", 100, 1, views=4),  # no images: the views do not apply to it
+        ]
+    )  # fmt: skip
+    by = {(r["backbone"], r["recipe"]): r for r in rows}
+    assert by[("vit_micro", "exec 8")]["normalized"] == pytest.approx(0.5)
+    assert by[("vit_micro", "exec 1")]["normalized"] == pytest.approx(50 / 90)
+    assert by[("vit_micro", "aug 4, exec 1")]["normalized"] == pytest.approx(63 / 90)
+    assert by[("vit_micro", "pool tokens, exec 1")]["success"] == pytest.approx(0.37)
+    oracle = by[("oracle (privileged state)", "exec 1")]
+    assert oracle["episodes"] == 200 and oracle["seeds"] == 2
+    assert len(rows) == 8
