@@ -6,11 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Headless MuJoCo rendering: EGL with Mesa's software rasterizer on CPU (NVIDIA's EGL on a GPU).
 GL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri
-DEMO_EPISODES ?= 50
+DEMO_EPISODES ?= 200
 
 TASKS := cube_pick place stack push
 
-.PHONY: setup sysdeps demo demo-tasks test test-fast lint format bench clean
+.PHONY: setup sysdeps demo demo-tasks test test-fast lint format bench gpu-prep clean
 
 setup: sysdeps $(STAMP)
 
@@ -36,11 +36,12 @@ sysdeps:
 	fi
 
 # The small embedded default on CPU: demonstrations -> S² feature caches -> one MLP policy per
-# encoder (blind floor, oracle ceiling, single-scale vit_micro 64 px, S² vit_micro (64, 128)) ->
+# encoder (blind floor, oracle ceiling, single-scale vit_micro 64 px, S² vit_micro (64, 128), both
+# with the shipped in-domain MAE weights) ->
 # seeded evaluation -> success table (normalized between floor and ceiling) + plot + videos.
 demo: setup
 	$(PY) collect_demos.py task=cube_pick n_episodes=$(DEMO_EPISODES)
-	$(PY) train_policy.py -m experiment=demo encoder=blind,oracle,micro,micro_s2 train.overwrite=true
+	$(PY) train_policy.py -m experiment=demo encoder=blind,oracle,micro_mae,micro_s2_mae train.overwrite=true
 	$(PY) -m s2policy.evaluation.report runs=[multirun/cube_pick] out=multirun/cube_pick/report
 	@echo "videos: multirun/cube_pick/*/eval/*.mp4"
 
@@ -73,6 +74,12 @@ bench: setup
 	$(PY) benchmarks/cache_pipeline.py
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/inference_latency.py
+
+# What the lent GPU machine lacks for benchmarks/gpu_suite.py: .whl/ (Python 3.12 wheels) and .gl/
+# (EGL debs), then the suite's smoke run on this machine (benchmarks/README.md has the GPU command).
+gpu-prep: setup
+	bash benchmarks/prepare_gpu.sh
+	$(PY) benchmarks/gpu_suite.py --smoke --device cpu --out outputs/gpu_smoke
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

@@ -26,6 +26,55 @@ from s2policy.features.cache import DTYPES, build_cache
 from s2policy.runtime import describe_device, resolve_device, resolve_dtype
 
 
+def measure(
+    backbone: str,
+    scales: tuple[int, ...],
+    image_size: int,
+    steps: int,
+    batch: int,
+    chunk_steps: int,
+    device: torch.device,
+    dtype: str,
+) -> dict[str, float]:
+    """Frames/s of (a) the encoder alone and (b) ``build_cache`` end to end, in this one run."""
+    enc = build_encoder(EncoderConfig(backbone=backbone, scales=tuple(scales))).to(device)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (steps, image_size, image_size, 3), np.uint8)
+
+    # (a) encoder only: frames already converted and resident on the device
+    images = frames_to_tensor(frames, device)
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, DTYPES[dtype], enabled=dtype != "float32"),
+    ):
+        for i in range(0, steps, batch):  # warm-up pass
+            enc(images[i : i + batch])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i in range(0, steps, batch):
+            enc(images[i : i + batch])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    encoder_only = steps / (time.perf_counter() - start)
+
+    # (b) the cache build, end to end
+    with tempfile.TemporaryDirectory() as tmp:
+        buf = ReplayBuffer.create(Path(tmp) / "bench.zarr", attrs={"cameras": ["front"]})
+        for ep in np.array_split(np.arange(steps), max(1, steps // 50)):
+            buf.add_episode({"front": frames[ep], "action": np.zeros((len(ep), 1), np.float32)})
+        start = time.perf_counter()
+        build_cache(buf.path, enc, ["front"], batch, chunk_steps, dtype)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        pipeline = steps / (time.perf_counter() - start)
+    return {
+        "encoder_only_fps": encoder_only,
+        "pipeline_fps": pipeline,
+        "pipeline_over_encoder": pipeline / encoder_only,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="vit_micro")
@@ -42,47 +91,25 @@ def main() -> None:
         args.steps = 128
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    enc = build_encoder(EncoderConfig(backbone=args.backbone, scales=tuple(args.scales))).to(device)
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 256, (args.steps, args.image_size, args.image_size, 3), np.uint8)
-
-    # (a) encoder only: frames already converted and resident on the device
-    images = frames_to_tensor(frames, device)
-    with (
-        torch.inference_mode(),
-        torch.autocast(device.type, DTYPES[dtype], enabled=dtype != "float32"),
-    ):
-        for i in range(0, args.steps, args.batch):  # warm-up pass
-            enc(images[i : i + args.batch])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for i in range(0, args.steps, args.batch):
-            enc(images[i : i + args.batch])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    encoder_only = args.steps / (time.perf_counter() - start)
-
-    # (b) the cache build, end to end
-    with tempfile.TemporaryDirectory() as tmp:
-        buf = ReplayBuffer.create(Path(tmp) / "bench.zarr", attrs={"cameras": ["front"]})
-        for ep in np.array_split(np.arange(args.steps), max(1, args.steps // 50)):
-            buf.add_episode({"front": frames[ep], "action": np.zeros((len(ep), 1), np.float32)})
-        start = time.perf_counter()
-        build_cache(buf.path, enc, ["front"], args.batch, args.chunk_steps, dtype)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        pipeline = args.steps / (time.perf_counter() - start)
-
+    m = measure(
+        args.backbone,
+        tuple(args.scales),
+        args.image_size,
+        args.steps,
+        args.batch,
+        args.chunk_steps,
+        device,
+        dtype,
+    )
     name = describe_device(device)
     print(
         f"device: {name}; dtype {dtype}; {args.backbone} scales {args.scales}; "
         f"{args.steps} frames {args.image_size}x{args.image_size}; batch {args.batch}"
     )
     print(f"{'what':28s} {'frames/s':>10s}")
-    print(f"{'encoder only':28s} {encoder_only:10.1f}")
-    print(f"{'cache pipeline (end to end)':28s} {pipeline:10.1f}")
-    print(f"pipeline / encoder-only: {pipeline / encoder_only:.1%}")
+    print(f"{'encoder only':28s} {m['encoder_only_fps']:10.1f}")
+    print(f"{'cache pipeline (end to end)':28s} {m['pipeline_fps']:10.1f}")
+    print(f"pipeline / encoder-only: {m['pipeline_over_encoder']:.1%}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from s2policy.features.cache import build_cache
 from s2policy.policies import make_policy
 from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicyConfig
-from s2policy.runtime import describe_device, resolve_device
+from s2policy.runtime import autocast, describe_device, resolve_device
 from s2policy.training.dataset import CachedFeatureData, WindowSpec
 from s2policy.training.loop import fit_normalizer
 
@@ -41,6 +41,78 @@ def steps_per_s(step, min_seconds: float, device) -> float:
     return n / (time.perf_counter() - start)
 
 
+def measure(
+    backbone: str,
+    scales: tuple[int, ...],
+    image_size: int,
+    policy_name: str,
+    batch: int,
+    steps: int,
+    seconds: float,
+    device: torch.device,
+    dtype: str = "float32",
+) -> dict[str, float]:
+    """Training samples/s on cached features and on images re-encoded every batch (same policy,
+    batch, machine, autocast ``dtype``), in this one run."""
+    encoder = build_encoder(EncoderConfig(backbone=backbone, scales=tuple(scales))).to(device)
+    pcfg = MLPPolicyConfig() if policy_name == "mlp" else DiffusionPolicyConfig()
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        buf = ReplayBuffer.create(Path(tmp) / "bench.zarr", attrs={"cameras": CAMERAS})
+        for _ in range(max(1, steps // 50)):
+            size = (50, image_size, image_size, 3)
+            buf.add_episode(
+                {
+                    **{c: rng.integers(0, 256, size, np.uint8) for c in CAMERAS},
+                    "state": rng.normal(size=(50, 5)).astype(np.float32),
+                    "action": rng.uniform(-1, 1, (50, 5)).astype(np.float32),
+                }
+            )
+        cache = build_cache(buf.path, encoder, CAMERAS, batch_size=64, dtype=dtype)
+        data = CachedFeatureData(
+            str(buf.path),
+            cache,
+            CAMERAS,
+            WindowSpec(pcfg.n_obs_steps, pcfg.horizon, pcfg.n_action_steps),
+            0.0,
+            0,
+            device,
+        )
+        frames = {c: torch.from_numpy(buf[c][:]).to(device) for c in CAMERAS}
+        policy = make_policy(pcfg, data.shape_meta, fit_normalizer(data, True)).to(device)
+        opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+        gen = torch.Generator().manual_seed(0)
+
+        def update(batch_):
+            with autocast(device, dtype):
+                loss = policy(batch_, generator=torch.Generator(device).manual_seed(0))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        def cached_step():
+            update(data.sample(batch, gen))
+
+        def reencode_step():
+            rows = torch.randint(0, len(data), (batch,), generator=gen)
+            batch_ = data.batch("train", rows)
+            obs_idx = data.index["train"][rows][:, : pcfg.n_obs_steps].to(device)
+            with torch.no_grad(), autocast(device, dtype):
+                for cam in CAMERAS:  # the frozen encoder on every observation frame, every batch
+                    images = frames_to_tensor(frames[cam][obs_idx.flatten()], device)
+                    batch_["obs"][cam] = encoder(images).float().view(*obs_idx.shape, -1)
+            update(batch_)
+
+        cached = steps_per_s(cached_step, seconds, device) * batch
+        reencode = steps_per_s(reencode_step, seconds, device) * batch
+    return {
+        "cached_sps": cached,
+        "reencode_sps": reencode,
+        "cached_over_reencode": cached / reencode,
+        "n_obs_steps": pcfg.n_obs_steps,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="vit_micro")
@@ -56,67 +128,25 @@ def main() -> None:
     if args.quick:
         args.steps, args.batch, args.seconds = 100, 16, 0.5
     device = resolve_device(args.device)
-    encoder = build_encoder(EncoderConfig(backbone=args.backbone, scales=tuple(args.scales))).to(
-        device
+    m = measure(
+        args.backbone,
+        tuple(args.scales),
+        args.image_size,
+        args.policy,
+        args.batch,
+        args.steps,
+        args.seconds,
+        device,
     )
-    pcfg = MLPPolicyConfig() if args.policy == "mlp" else DiffusionPolicyConfig()
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        buf = ReplayBuffer.create(Path(tmp) / "bench.zarr", attrs={"cameras": CAMERAS})
-        for _ in range(args.steps // 50):
-            size = (50, args.image_size, args.image_size, 3)
-            buf.add_episode(
-                {
-                    **{c: rng.integers(0, 256, size, np.uint8) for c in CAMERAS},
-                    "state": rng.normal(size=(50, 5)).astype(np.float32),
-                    "action": rng.uniform(-1, 1, (50, 5)).astype(np.float32),
-                }
-            )
-        cache = build_cache(buf.path, encoder, CAMERAS, batch_size=64)
-        data = CachedFeatureData(
-            str(buf.path),
-            cache,
-            CAMERAS,
-            WindowSpec(pcfg.n_obs_steps, pcfg.horizon, pcfg.n_action_steps),
-            0.0,
-            0,
-            device,
-        )
-        frames = {c: torch.from_numpy(buf[c][:]).to(device) for c in CAMERAS}
-        policy = make_policy(pcfg, data.shape_meta, fit_normalizer(data, True)).to(device)
-        opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
-        gen = torch.Generator().manual_seed(0)
-
-        def update(batch):
-            loss = policy(batch, generator=torch.Generator(device).manual_seed(0))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        def cached_step():
-            update(data.sample(args.batch, gen))
-
-        def reencode_step():
-            rows = torch.randint(0, len(data), (args.batch,), generator=gen)
-            batch = data.batch("train", rows)
-            obs_idx = data.index["train"][rows][:, : pcfg.n_obs_steps].to(device)
-            with torch.no_grad():
-                for cam in CAMERAS:  # the frozen encoder on every observation frame, every batch
-                    images = frames_to_tensor(frames[cam][obs_idx.flatten()], device)
-                    batch["obs"][cam] = encoder(images).view(*obs_idx.shape, -1)
-            update(batch)
-
-        cached = steps_per_s(cached_step, args.seconds, device) * args.batch
-        reencode = steps_per_s(reencode_step, args.seconds, device) * args.batch
     name = describe_device(device)
     print(
         f"device: {name}; fp32; {args.policy} policy; encoder {args.backbone} scales "
-        f"{args.scales}; batch {args.batch}; {pcfg.n_obs_steps} obs steps x {len(CAMERAS)} cameras"
+        f"{args.scales}; batch {args.batch}; {m['n_obs_steps']} obs steps x {len(CAMERAS)} cameras"
     )
     print(f"{'training on':28s} {'samples/s':>10s}")
-    print(f"{'re-encoded images':28s} {reencode:10.1f}")
-    print(f"{'cached features':28s} {cached:10.1f}")
-    print(f"cached / re-encoded: {cached / reencode:.1f}x")
+    print(f"{'re-encoded images':28s} {m['reencode_sps']:10.1f}")
+    print(f"{'cached features':28s} {m['cached_sps']:10.1f}")
+    print(f"cached / re-encoded: {m['cached_over_reencode']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from s2policy.data.robomimic_io import import_robomimic
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.evaluation.config import EvalConfig
 from s2policy.evaluation.rollout import evaluate
+from s2policy.features.augment import AugmentConfig
 from s2policy.features.cache import build_cache, list_caches, remove_cache
 from s2policy.policies.artifact import load, training_state
 from s2policy.policies.mlp import MLPPolicyConfig
@@ -258,6 +259,11 @@ CASES = [
          lambda c: _train_with(c, resume=True, encoder=EncoderConfig(
              backbone="vit_nano", scales=(32, 64), weights=str(c.tmp / "w.safetensors"))),
          r"cannot resume .*encoder.weights: None ->", "run"),
+    Case("training", "resuming with augmented views in the feature cache",
+         lambda c: _train_with(c, resume=True, augment=AugmentConfig(views=2)),
+         r"cannot resume .*train.augment.views: 0 -> 2", "run"),
+    Case("training", "`train.augment.views=-1`", lambda c: AugmentConfig(views=-1),
+         r"augment.views and augment.shift_px must be >= 0, got -1, 4"),
     Case("training", "resuming after a change of policy shape",
          lambda c: _train_with(c, resume=True, policy=small_mlp(hidden_dims=[64])),
          r"cannot resume .*policy.hidden_dims: \[32\] -> \[64\]", "run"),

@@ -13,6 +13,7 @@ predictor of which encoders will work.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ import numpy as np
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.data.sampler import split_episodes
 from s2policy.features.cache import CacheInfo
+
+logger = logging.getLogger(__name__)
 
 ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
@@ -88,8 +91,13 @@ def probe_targets(buffer: ReplayBuffer) -> dict[str, np.ndarray]:
 def probe_cache(
     store: str | Path, cache: CacheInfo, val_ratio: float = 0.2, seed: int = 0
 ) -> dict[str, float]:
-    """R² per target of the cache's features on held-out episodes of ``store``."""
+    """R² per target of the cache's features on held-out episodes of ``store`` (at least one
+    held-out episode; nothing to report for a store of a single episode)."""
     buffer = ReplayBuffer.open(store)
+    if buffer.n_episodes < 2:
+        logger.warning("%s holds 1 episode: no held-out episode to probe on", store)
+        return {}
+    val_ratio = max(val_ratio, 1.0 / buffer.n_episodes)  # round(n * ratio) >= 1
     feats = []
     for cam in cache.attrs["cameras"]:
         f = cache.features(cam)[:].astype(np.float64)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from s2policy.policies.artifact import (
 )
 from s2policy.runtime import autocast, init_distributed, resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
-from s2policy.training.config import RunConfig
+from s2policy.training.config import RunConfig, TrainConfig
 from s2policy.training.dataset import CachedFeatureData, WindowSpec
 from s2policy.training.trainer import Trainer
 
@@ -286,6 +286,10 @@ def check_resume_config(cfg: RunConfig, trained: TrainedPolicy) -> None:
     not be trained on two encoders or two datasets), listing the fields that differ."""
     before = _flatten(json.loads(json.dumps(trained.provenance.config, default=str)))
     now = _flatten(json.loads(json.dumps(cfg.to_dict(), default=str)))
+    # a training field added since the checkpoint was written is at its default then
+    defaults = _flatten(json.loads(json.dumps({"train": asdict(TrainConfig())}, default=str)))
+    for k, v in defaults.items():
+        before.setdefault(k, v)
     diff = [
         f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
         for k in sorted(set(before) | set(now))

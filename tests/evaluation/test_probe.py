@@ -102,3 +102,24 @@ def test_a_target_that_does_not_vary_in_the_held_out_rows_is_not_scored():
     assert r2 == pytest.approx(1.0, abs=1e-6)
     r2, _ = ridge_r2(x[:150], still[:150, None], x[150:], still[150:, None])
     assert np.isnan(r2)
+
+
+def test_a_store_of_two_episodes_holds_one_out_and_one_episode_gives_no_probe(tmp_path):
+    from s2policy.data.replay_buffer import ReplayBuffer
+
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer.create(tmp_path / "s.zarr", attrs={"cameras": ["front"]})
+    for _ in range(2):  # val_ratio 0.2 of 2 episodes rounds to none: still one held out
+        buf.add_episode(
+            {
+                "front": rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+                "cube_pos": rng.normal(size=(6, 3)).astype(np.float32),
+                "state": rng.normal(size=(6, 5)).astype(np.float32),
+            }
+        )
+    enc = build_encoder(EncoderConfig(backbone="vit_nano", scales=(32,)))
+    scores = probe_cache(buf.path, build_cache(buf.path, enc), val_ratio=0.2)
+    assert "object_pos" in scores and all(np.isfinite(v) for v in scores.values())
+    one = ReplayBuffer.create(tmp_path / "one.zarr", attrs={"cameras": ["front"]})
+    one.add_episode({k: v[:6] for k, v in buf.get_episode(0).items()})
+    assert probe_cache(one.path, build_cache(one.path, enc)) == {}

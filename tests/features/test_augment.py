@@ -88,7 +88,8 @@ def test_cache_with_views_has_its_own_fingerprint_and_the_views_features(store):
         np.testing.assert_array_equal(info.features(cam)[:], plain.features(cam)[:])
         for k in range(2):
             frames = augment_frames(buf[cam][:], AUG, k, 0)
-            live = cache.stored(cache.encode_frames(enc, frames, 64, "float32", torch.device("cpu")))
+            cpu = torch.device("cpu")
+            live = cache.stored(cache.encode_frames(enc, frames, 64, "float32", cpu))
             np.testing.assert_allclose(
                 info.features(view_name(cam, k))[:].astype(np.float32), live, atol=5e-3
             )
@@ -153,8 +154,10 @@ def test_training_draws_one_version_per_sample_and_validates_on_the_plain_view(s
         k = match[0]
         assert any(torch.equal(feats[b, 1], row) for row in versions[k])
     assert seen == {0, 1, 2}
-    val = next(data.iterate("val", 64)) if data.n_windows("val") else data.batch(
-        "train", torch.arange(8)
+    val = (
+        next(data.iterate("val", 64))
+        if data.n_windows("val")
+        else data.batch("train", torch.arange(8))
     )
     plain = versions[0]
     for row in val["obs"]["front"][:, -1]:
