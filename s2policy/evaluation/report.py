@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ import numpy as np
 
 from s2policy.encoders.s2 import BLIND, ORACLE
 from s2policy.evaluation.stats import success_rate
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = ["task", "demos", "dataset", "backbone", "scales", "weights", "params_M",
            "gflops_per_img", "encoder_ms", "probe_object_r2", "probe_gripper_r2", "policy",
@@ -120,6 +123,15 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         enc_ms = [r["latency"].get("encoder_ms", {}).get("mean") for r in runs]
         enc_ms = [v for v in enc_ms if v is not None]
         by_seed = sorted((r.get("train_seed", 0), r["success_rate"]) for r in runs)
+        seeds = {s for s, _ in by_seed}
+        if len(seeds) < len(runs):
+            logger.warning(
+                "%s: %d runs of one configuration share training seeds %s (re-evaluations or "
+                "retrainings of the same seed are pooled as more episodes, not more seeds)",
+                " ".join(map(str, key)),
+                len(runs),
+                sorted(seeds),
+            )
         probes = [r["probe"] for r in runs if r.get("probe")]
 
         def probe_mean(key, probes=probes):
@@ -147,7 +159,7 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "ci95_low": rate.low,
                 "ci95_high": rate.high,
                 "episodes": n,
-                "seeds": len(runs),
+                "seeds": len(seeds),
                 "seed_rates": " ".join(f"s{s}:{100 * v:.0f}%" for s, v in by_seed),
             }
         )

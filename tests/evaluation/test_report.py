@@ -154,3 +154,11 @@ def test_cli_bad_keys_are_clear_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_runs_sharing_a_training_seed_count_as_one_seed(caplog):
+    twice = [result("vit_t", [224], 0, 4), result("vit_t", [224], 0, 6)]
+    with caplog.at_level("WARNING"):
+        (row,) = build_rows(twice)
+    assert row["episodes"] == 20 and row["seeds"] == 1
+    assert "share training seeds [0]" in caplog.text
