@@ -44,3 +44,23 @@ def wilson_interval(successes: int, episodes: int, confidence: float = 0.95) -> 
 def success_rate(successes: int, episodes: int, confidence: float = 0.95) -> SuccessRate:
     low, high = wilson_interval(successes, episodes, confidence)
     return SuccessRate(int(successes), int(episodes), low, high)
+
+
+def difference_interval(
+    successes_a: int,
+    episodes_a: int,
+    successes_b: int,
+    episodes_b: int,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """``(p_a - p_b, low, high)``: the difference of two independent success rates with
+    Newcombe's hybrid score interval (method 10 of Newcombe 1998, from the two Wilson
+    intervals), the interval to compare two configurations by — not the overlap of their own
+    intervals."""
+    la, ua = wilson_interval(successes_a, episodes_a, confidence)
+    lb, ub = wilson_interval(successes_b, episodes_b, confidence)
+    pa, pb = successes_a / episodes_a, successes_b / episodes_b
+    d = pa - pb
+    low = d - math.sqrt((pa - la) ** 2 + (ub - pb) ** 2)
+    high = d + math.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)
+    return d, max(-1.0, low), min(1.0, high)

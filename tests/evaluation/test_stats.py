@@ -27,3 +27,23 @@ def test_success_rate_string_carries_count_and_interval():
 def test_bad_counts(k, n):
     with pytest.raises(ValueError):
         wilson_interval(k, n)
+
+
+@pytest.mark.parametrize(
+    "a, n_a, b, n_b, low, high",
+    [
+        # Newcombe (1998), Statistics in Medicine 17:873-890, Table II, method 10
+        (56, 70, 48, 80, 0.0524, 0.3339),
+        (9, 10, 3, 10, 0.1705, 0.8090),
+        (6, 7, 2, 7, 0.0582, 0.8062),
+        (5, 56, 0, 29, -0.0381, 0.1926),
+        (0, 10, 0, 20, -0.1611, 0.2775),
+        (10, 10, 0, 20, 0.6791, 1.0000),
+    ],
+)
+def test_difference_interval_matches_newcombe_worked_examples(a, n_a, b, n_b, low, high):
+    from s2policy.evaluation.stats import difference_interval
+
+    d, lo, hi = difference_interval(a, n_a, b, n_b)
+    assert d == pytest.approx(a / n_a - b / n_b)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
