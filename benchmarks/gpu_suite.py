@@ -227,22 +227,9 @@ def part_train(sz: dict[str, Any], device, dtype: str) -> dict[str, Any]:
 def part_latency(sz: dict[str, Any], device, dtype: str) -> dict[str, Any]:
     import numpy as np
     import torch
-    from inference_latency import build
+    from inference_latency import build, timings
 
     from s2policy.runtime import autocast
-
-    def time_it(runner, history, dev, repeats):
-        times = []
-        for i in range(repeats + 3):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            runner.predict([history], [0])
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 3:  # warm-up
-                times.append(1e3 * (time.perf_counter() - t0))
-        return {f"p{q}_ms": float(np.percentile(times, q)) for q in (50, 95, 99)}
 
     cpu, big = torch.device("cpu"), (sz["backbone"], tuple(sz["scales"]))
     size = sz["image_size"]
@@ -255,7 +242,8 @@ def part_latency(sz: dict[str, Any], device, dtype: str) -> dict[str, Any]:
         if steps is not None:
             runner.policy.set_inference_steps(steps)
         with autocast(dev, dt):
-            stats = time_it(runner, history, dev, sz["latency_repeats"])
+            times = timings(runner, history, dev, sz["latency_repeats"])
+        stats = {f"p{q}_ms": float(np.percentile(times, q)) for q in (50, 95, 99)}
         rows.append(
             {
                 "encoder": f"{backbone} S² {list(scales)}",

@@ -70,17 +70,23 @@ def build(backbone, scales, policy_name, device, dtype, image_size):
     return runner, history
 
 
-def measure(runner, history, device, repeats):
-    times, parts = [], runner.latency
-    for i in range(repeats + 3):
+def timings(runner, history, device, repeats: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of ``repeats`` observation -> chunk calls after ``warmup`` untimed ones."""
+    times = []
+    for i in range(repeats + warmup):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         runner.predict([history], [0])
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= 3:  # warm-up
+        if i >= warmup:
             times.append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
+def measure(runner, history, device, repeats):
+    times, parts = timings(runner, history, device, repeats), runner.latency
     enc = np.median(parts["encoder_ms"][3:]) if parts["encoder_ms"] else 0.0
     return (
         np.percentile(times, 50),
