@@ -360,10 +360,10 @@ record, *overrides = sys.argv[1:]
 drawn, batch = [], CachedFeatureData.batch
 
 
-def recording_batch(self, split, rows):
+def recording_batch(self, split, rows, views=None):
     if split == "train":
         drawn.append(rows.clone())
-    return batch(self, split, rows)
+    return batch(self, split, rows, views)
 
 
 CachedFeatureData.batch = recording_batch
