@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,15 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
 PARTS = ("encoder", "cache", "train", "latency", "render", "e2e")
+
+#: Where a running part saves the rows it has so far (a part stopped at its timeout keeps them).
+_PARTIAL: dict[str, Path] = {}
+
+
+def save_partial(result: dict[str, Any]) -> None:
+    if "out" in _PARTIAL:
+        _PARTIAL["out"].write_text(json.dumps({"status": "partial", **result}, default=str))
+
 
 #: Dense bf16 peak (TFLOP/s, no sparsity) by device-name fragment, from NVIDIA's datasheets.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}
@@ -71,12 +81,12 @@ SIZES: dict[str, dict[str, Any]] = {
             "n_envs": 10,
         },
         "timeouts": {
-            "encoder": 150,
+            "encoder": 120,
             "cache": 45,
             "train": 60,
             "latency": 60,
             "render": 40,
-            "e2e": 150,
+            "e2e": 120,
         },
     },
     "smoke": {
@@ -159,7 +169,14 @@ def part_encoder(sz: dict[str, Any], device, dtype: str) -> dict[str, Any]:
             here.append(("S² batched + torch.compile", compiled, None))
         for label, fn, gflops in here:
             t0 = time.perf_counter()
-            rate = images_per_s(fn, images, dtype, device, sz["seconds"])
+            try:
+                rate = images_per_s(fn, images, dtype, device, sz["seconds"])
+            except Exception as exc:  # e.g. torch.compile without a working compiler
+                if fn is not compiled:
+                    raise
+                notes.append(f"torch.compile failed: {type(exc).__name__}: {exc}"[:500])
+                compiled = None
+                continue
             rates[label] = rate
             g = gflops or gflops_s2
             rows.append(
@@ -173,8 +190,10 @@ def part_encoder(sz: dict[str, Any], device, dtype: str) -> dict[str, Any]:
                     "row_wall_s": time.perf_counter() - t0,
                 }
             )
-        for r in rows[-len(here) :]:
-            r["vs_s2wrapper"] = r["img_per_s"] / rates["s2wrapper"]
+        for r in rows:
+            if r["batch"] == batch:
+                r["vs_s2wrapper"] = r["img_per_s"] / rates["s2wrapper"]
+        save_partial({"backbone": sz["backbone"], "scales": list(scales), "rows": rows})
     if device.type == "cuda" and not sz["compile"]:
         notes.append("torch.compile variant skipped")
     return {
@@ -343,6 +362,7 @@ def run_part(name: str, smoke: bool, device_arg: str, out: Path) -> None:
     from s2policy.runtime import resolve_device, resolve_dtype
 
     sz = SIZES["smoke" if smoke else "full"]
+    _PARTIAL["out"] = out
     t0 = time.perf_counter()
     try:
         device = resolve_device(device_arg)
@@ -399,16 +419,27 @@ def run_suite(parts: list[str], smoke: bool, device: str, out: Path) -> dict[str
             cmd += ["--out", str(part_file)] + (["--smoke"] if smoke else [])
             t0 = time.perf_counter()
             print(f"[gpu_suite] {name} ...", flush=True)
+            # its own process group: a timeout also ends what it started (the e2e commands)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
             try:
-                proc = subprocess.run(
-                    cmd, cwd=ROOT, capture_output=True, text=True, timeout=sz["timeouts"][name]
-                )
+                _, stderr = proc.communicate(timeout=sz["timeouts"][name])
                 if part_file.exists():
                     result = json.loads(part_file.read_text())
                 else:
-                    result = {"status": "crashed", "error": proc.stderr[-2000:]}
+                    result = {"status": "crashed", "error": stderr[-2000:]}
             except subprocess.TimeoutExpired:
-                result = {"status": f"timed out after {sz['timeouts'][name]} s"}
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                result = json.loads(part_file.read_text()) if part_file.exists() else {}
+                kept = " (rows so far kept)" if result.get("rows") else ""
+                result["status"] = f"timed out after {sz['timeouts'][name]} s{kept}"
             result["part_wall_s"] = time.perf_counter() - t0
             suite[name] = result
             print(f"[gpu_suite] {name}: {result['status']} ({result['part_wall_s']:.0f} s)")
@@ -490,13 +521,17 @@ def to_markdown(suite: dict[str, Any]) -> str:
             continue
         md.append(f"### {name} — {part['status']}, {part['part_wall_s']:.0f} s\n")
         if part["status"] != "ok":
-            md.append("```\n" + str(part.get("error", ""))[-1500:] + "\n```\n")
-            continue
+            if part.get("error"):
+                md.append("```\n" + str(part["error"])[-1500:] + "\n```\n")
+            if name != "encoder" or not part.get("rows"):
+                continue  # an encoder part stopped at its timeout still shows its rows
         if name == "encoder":
+            params = part.get("params_M")
             md.append(
-                f"{part['backbone']} {part['scales']}, {part['dtype']}, "
-                f"{part['params_M']:.1f} M parameters\n\n"
+                f"{part['backbone']} {part['scales']}, {part.get('dtype', '')}, "
+                f"{'-' if params is None else f'{params:.1f}'} M parameters\n\n"
             )
+            md.extend(f"note: {n}\n" for n in part.get("notes", []))
             md.append(
                 _table(
                     ["batch", "variant", "img/s", "GFLOPs/img", "vs s2wrapper", "MFU"],
@@ -506,7 +541,7 @@ def to_markdown(suite: dict[str, Any]) -> str:
                             r["variant"],
                             f"{r['img_per_s']:.1f}",
                             f"{r['gflops_per_img']:.3g}",
-                            f"{r['vs_s2wrapper']:.2f}×",
+                            _f(r.get("vs_s2wrapper"), "{:.2f}×"),
                             _f(r["mfu"], "{:.1%}"),
                         ]
                         for r in part["rows"]

@@ -25,12 +25,12 @@ binary=() sdist=()
 for pin in "${pins[@]}"; do
     case "$pin" in antlr4-python3-runtime==*) sdist+=("$pin") ;; *) binary+=("$pin") ;; esac
 done
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+$PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_26_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${binary[@]}"
 # antlr4-python3-runtime 4.9.3 (hydra's parser) is published as an sdist only: a pure-Python wheel.
-python3 -m pip wheel -q --no-deps -w .whl "${sdist[@]}"
+$PY -m pip wheel -q --no-deps -w .whl "${sdist[@]}"
 rm -rf .gl && mkdir -p .gl /tmp/amd64/partial
 apt_opts=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
 apt-get "${apt_opts[@]}" update -qq

@@ -172,7 +172,7 @@ def run_probe(cfg: ProbeConfig) -> None:
             r2 = probe_cache(cfg.dataset, cache)
             print(
                 f"| {name} | {enc.weights or 'random'} | {r2.get('object_pos', float('nan')):.3f} "
-                f"| {r2['gripper']:.3f} |"
+                f"| {r2.get('gripper', float('nan')):.3f} |"
             )
 
 

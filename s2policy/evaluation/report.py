@@ -72,13 +72,18 @@ def randomization_label(result: dict[str, Any]) -> str:
 
 
 def execution_label(result: dict[str, Any]) -> str:
-    """How a run's chunks were executed (evaluation settings): ``exec 1``, ``exec 4, ens 0.1``."""
+    """How a run's chunks were executed (evaluation settings): ``exec 1``, ``exec 4, ens 0.1``,
+    and for a diffusion policy its sampling steps and whether its EMA weights ran."""
     ev = result.get("eval", {})
     parts = [f"exec {ev.get('n_action_steps', '?')}"]
     if ev.get("ensemble_decay") is not None:
         parts.append(f"ens {ev['ensemble_decay']}")
     if ev.get("infer_when_remaining"):
         parts.append(f"overlap {ev['infer_when_remaining']}")
+    if ev.get("num_inference_steps") is not None:
+        parts.append(f"ddim {ev['num_inference_steps']}")
+    if ev.get("use_ema"):
+        parts.append("ema")
     return ", ".join(parts)
 
 

@@ -48,6 +48,8 @@ class AugmentConfig:
                 f"augment.views and augment.shift_px must be >= 0, got {self.views}, "
                 f"{self.shift_px}"
             )
+        if self.seed < 0:
+            raise ValueError(f"augment.seed must be >= 0, got {self.seed}")
         for name in ("brightness", "contrast", "hue"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"augment.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -162,3 +162,17 @@ def test_runs_sharing_a_training_seed_count_as_one_seed(caplog):
         (row,) = build_rows(twice)
     assert row["episodes"] == 20 and row["seeds"] == 1
     assert "share training seeds [0]" in caplog.text
+
+
+def test_diffusion_sampling_steps_and_ema_are_part_of_the_recipe():
+    def run(seed, steps, ema):
+        r = result("vit_t", [224], seed, 5, policy="diffusion")
+        r["eval"] = {"n_action_steps": 8, "num_inference_steps": steps, "use_ema": ema}
+        return r
+
+    rows = build_rows([run(0, 16, True), run(1, 16, True), run(0, 4, True), run(0, 16, False)])
+    assert sorted(r["recipe"] for r in rows) == [
+        "exec 8, ddim 16",
+        "exec 8, ddim 16, ema",
+        "exec 8, ddim 4, ema",
+    ]

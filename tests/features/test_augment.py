@@ -61,7 +61,7 @@ def test_shift_alone_moves_the_image_by_at_most_shift_px():
 
 
 def test_bad_augment_configs_are_refused():
-    for kw in ({"views": -1}, {"shift_px": -2}, {"brightness": 1.5}, {"hue": -0.1}):
+    for kw in ({"views": -1}, {"shift_px": -2}, {"brightness": 1.5}, {"hue": -0.1}, {"seed": -1}):
         with pytest.raises(ValueError, match="augment"):
             AugmentConfig(**kw)
 
