@@ -16,6 +16,7 @@ original size: DrQ) and a colour jitter (brightness and contrast factors in ``1 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,18 +81,22 @@ def view_arrays(cameras: list[str], views: int) -> list[str]:
     return list(cameras) + [view_name(c, k) for k in range(views) for c in cameras]
 
 
-def augment_frames(frames: np.ndarray, cfg: AugmentConfig, view: int, start: int) -> np.ndarray:
-    """Augmented copy of uint8 frames ``(T, H, W, 3)`` that are steps ``start..start+T-1`` of the
-    store (view ``view``): the same inputs always give the same output."""
+def augment_frames(
+    frames: np.ndarray, cfg: AugmentConfig, view: int, steps: Sequence[int]
+) -> np.ndarray:
+    """Augmented copy (view ``view``) of uint8 frames ``(T, H, W, 3)`` that are the store's steps
+    ``steps`` (``T`` indices): each frame's draw depends on its step, not on its neighbours."""
     frames = np.asarray(frames)
     n, height, width = frames.shape[:3]
+    if len(steps) != n:
+        raise ValueError(f"{n} frames but {len(steps)} step indices")
     out = np.empty_like(frames)
     pad = cfg.shift_px
     padded = (
         np.pad(frames, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else frames
     )
     for t in range(n):
-        rng = np.random.default_rng([cfg.seed, view, start + t])
+        rng = np.random.default_rng([cfg.seed, view, int(steps[t])])
         dy, dx = rng.integers(0, 2 * pad + 1, size=2) if pad else (0, 0)
         image = padded[t, dy : dy + height, dx : dx + width].astype(np.float32)
         gain = 1.0 + rng.uniform(-cfg.brightness, cfg.brightness)

@@ -451,16 +451,15 @@ def remove_cache(store: str | Path, fp: str) -> None:
 
 # ---------------------------------------------------------------------------- internals
 def _frames(
-    buffer: ReplayBuffer, array: str, steps: np.ndarray, augment: AugmentConfig | None
+    buffer: ReplayBuffer, array: str, steps: slice | np.ndarray, augment: AugmentConfig | None
 ) -> np.ndarray:
-    """The frames a cache array encodes at ``steps``: the camera's own, or their augmented view."""
+    """The frames a cache array encodes at ``steps`` (a slice or step indices): the camera's own,
+    or their augmented view."""
     camera, view = split_view(array)
     frames = buffer[camera][steps]
     if view is None:
         return frames
-    return np.concatenate(
-        [augment_frames(frames[j : j + 1], augment, view, int(t)) for j, t in enumerate(steps)]
-    )
+    return augment_frames(frames, augment, view, np.arange(buffer.n_steps)[steps])
 
 
 def _prepare_group(
@@ -560,11 +559,11 @@ def _prefetch(
 
     def read(item):
         array, i = item
-        camera, view = split_view(array)
-        frames = buffer[camera][i * chunk_steps : (i + 1) * chunk_steps]
-        if view is not None:
-            frames = augment_frames(frames, augment, view, i * chunk_steps)
-        return array, i, frames
+        return (
+            array,
+            i,
+            _frames(buffer, array, slice(i * chunk_steps, (i + 1) * chunk_steps), augment),
+        )
 
     with ThreadPoolExecutor(max_workers=depth) as pool:
         futures = [pool.submit(read, item) for item in todo[:depth]]

@@ -34,21 +34,21 @@ def smooth_frames(n=6, size=32, seed=0):
 
 def test_views_are_deterministic_and_differ_between_views_and_steps():
     frames = smooth_frames()
-    a = augment_frames(frames, AUG, view=0, start=10)
-    np.testing.assert_array_equal(a, augment_frames(frames, AUG, view=0, start=10))
+    a = augment_frames(frames, AUG, view=0, steps=range(10, 16))
+    np.testing.assert_array_equal(a, augment_frames(frames, AUG, view=0, steps=range(10, 16)))
     # a frame's view depends on (seed, view, step) alone, not on the chunk it is read in
-    np.testing.assert_array_equal(a[2:3], augment_frames(frames[2:3], AUG, view=0, start=12))
+    np.testing.assert_array_equal(a[2:3], augment_frames(frames[2:3], AUG, view=0, steps=[12]))
     assert a.shape == frames.shape and a.dtype == np.uint8
     assert not np.array_equal(a, frames)
-    assert not np.array_equal(a, augment_frames(frames, AUG, view=1, start=10))
+    assert not np.array_equal(a, augment_frames(frames, AUG, view=1, steps=range(10, 16)))
     seeded = AugmentConfig(views=2, shift_px=3, seed=1)
-    assert not np.array_equal(a, augment_frames(frames, seeded, view=0, start=10))
+    assert not np.array_equal(a, augment_frames(frames, seeded, view=0, steps=range(10, 16)))
 
 
 def test_shift_alone_moves_the_image_by_at_most_shift_px():
     frames = smooth_frames(n=20)
     cfg = AugmentConfig(views=1, shift_px=2, brightness=0, contrast=0, hue=0)
-    out = augment_frames(frames, cfg, view=0, start=0)
+    out = augment_frames(frames, cfg, view=0, steps=range(len(frames)))
     pad = np.pad(frames, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
     for t in range(len(frames)):  # each output is one crop of the padded frame
         crops = [
@@ -87,7 +87,7 @@ def test_cache_with_views_has_its_own_fingerprint_and_the_views_features(store):
     for cam in ("front", "wrist"):
         np.testing.assert_array_equal(info.features(cam)[:], plain.features(cam)[:])
         for k in range(2):
-            frames = augment_frames(buf[cam][:], AUG, k, 0)
+            frames = augment_frames(buf[cam][:], AUG, k, range(buf.n_steps))
             cpu = torch.device("cpu")
             live = cache.stored(cache.encode_frames(enc, frames, 64, "float32", cpu))
             np.testing.assert_allclose(
