@@ -88,6 +88,31 @@ def probe_targets(buffer: ReplayBuffer) -> dict[str, np.ndarray]:
     return targets
 
 
+def cache_matrix(cache: CacheInfo) -> np.ndarray:
+    """``(T, D)`` float64: every camera's cached features side by side (token maps mean-pooled)."""
+    feats = []
+    for cam in cache.attrs["cameras"]:
+        f = cache.features(cam)[:].astype(np.float64)
+        feats.append(f.mean(axis=1) if f.ndim == 3 else f)
+    return np.hstack(feats)
+
+
+def episode_rows(
+    buffer: ReplayBuffer, val_ratio: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step indices of the training and of the held-out episodes (at least one held out; the
+    buffer must hold two episodes or more)."""
+    val_ratio = max(val_ratio, 1.0 / buffer.n_episodes)  # round(n * ratio) >= 1
+    train_eps, test_eps = split_episodes(buffer.n_episodes, val_ratio, seed)
+    ends = buffer.episode_ends
+    starts = np.r_[0, ends[:-1]]
+    train, test = (
+        np.concatenate([np.arange(starts[e], ends[e]) for e in eps])
+        for eps in (train_eps, test_eps)
+    )
+    return train, test
+
+
 def probe_cache(
     store: str | Path, cache: CacheInfo, val_ratio: float = 0.2, seed: int = 0
 ) -> dict[str, float]:
@@ -97,24 +122,11 @@ def probe_cache(
     if buffer.n_episodes < 2:
         logger.warning("%s holds 1 episode: no held-out episode to probe on", store)
         return {}
-    val_ratio = max(val_ratio, 1.0 / buffer.n_episodes)  # round(n * ratio) >= 1
-    feats = []
-    for cam in cache.attrs["cameras"]:
-        f = cache.features(cam)[:].astype(np.float64)
-        feats.append(f.mean(axis=1) if f.ndim == 3 else f)  # token maps: mean-pool
-    x = np.hstack(feats)
-    train_eps, test_eps = split_episodes(buffer.n_episodes, val_ratio, seed)
-    ends = buffer.episode_ends
-    starts = np.r_[0, ends[:-1]]
-    rows = {
-        name: np.concatenate([np.arange(starts[e], ends[e]) for e in eps])
-        for name, eps in (("train", train_eps), ("test", test_eps))
-    }
+    x = cache_matrix(cache)
+    train, test = episode_rows(buffer, val_ratio, seed)
     out = {}
     for name, y in probe_targets(buffer).items():
-        out[name], _ = ridge_r2(
-            x[rows["train"]], y[rows["train"]], x[rows["test"]], y[rows["test"]]
-        )
+        out[name], _ = ridge_r2(x[train], y[train], x[test], y[test])
     return out
 
 
@@ -125,20 +137,25 @@ class ProbeConfig:
     dataset: str = "datasets/cube_pick.zarr"
     #: Names of ``configs/encoder/*.yaml``.
     encoders: list[str] = field(default_factory=lambda: ["micro", "micro_s2"])
-    #: Encoder weights to compare: null/random (random init), a file, a pretrained name.
-    weights: list[str | None] = field(default_factory=lambda: [None])
+    #: Encoder weights to compare, each with every encoder: null/random (random init), a file,
+    #: a pretrained name; ``[]``: each encoder's own weights (those of its config).
+    weights: list[str | None] = field(default_factory=list)
     #: A configs folder holding ``encoder/<name>.yaml``; null: the repository's ``configs/``.
     configs: str | None = None
 
     def __post_init__(self):
-        if not self.encoders or not self.weights:
-            raise ValueError("encoders and weights must each list at least one entry")
+        if not self.encoders:
+            raise ValueError("encoders must list at least one encoder config")
 
 
-def encoder_config(name: str, weights: str | None = None, configs: str | Path | None = None):
+#: ``encoder_config(..., weights=KEEP)``: the weights the encoder config names.
+KEEP = "<keep>"
+
+
+def encoder_config(name: str, weights: str | None = KEEP, configs: str | Path | None = None):
     """``configs/encoder/<name>.yaml`` as a typed :class:`EncoderConfig`, composed by hydra just
     as ``encoder=<name>`` is in the other commands; ``weights`` replaces its weights (None,
-    ``"null"`` or ``"random"``: random init)."""
+    ``"null"`` or ``"random"``: random init; :data:`KEEP`: the config's own)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
@@ -155,7 +172,8 @@ def encoder_config(name: str, weights: str | None = None, configs: str | Path | 
             cfg = compose("encoder_choice_schema", overrides=[f"+encoder={name}"])
     finally:
         restore_gh_from_backup(backup)
-    cfg.encoder.weights = None if weights in (None, "null", "random") else weights
+    if weights != KEEP:
+        cfg.encoder.weights = None if weights in (None, "null", "random") else weights
     return OmegaConf.to_object(cfg.encoder)
 
 
@@ -166,7 +184,7 @@ def run_probe(cfg: ProbeConfig) -> None:
     print("| encoder | weights | object position R² | gripper R² |")
     print("| --- | --- | ---: | ---: |")
     for name in cfg.encoders:
-        for weights in cfg.weights:
+        for weights in cfg.weights or [KEEP]:
             enc = encoder_config(name, weights, cfg.configs)
             cache = build_cache(cfg.dataset, build_encoder(enc))
             r2 = probe_cache(cfg.dataset, cache)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
-from s2policy.evaluation.probe import main, probe_cache, r2_score, ridge_r2
+from s2policy.evaluation.probe import ProbeConfig, main, probe_cache, r2_score, ridge_r2
 from s2policy.features.cache import build_cache
 
 
@@ -80,6 +80,10 @@ def test_encoder_config_is_composed_by_hydra():
     assert isinstance(cfg, EncoderConfig) and cfg.backbone == "vit_micro" and cfg.weights is None
     assert list(cfg.scales) == [64, 128]
     assert encoder_config("nano", "mae_vit_micro").weights == "mae_vit_micro"
+    # By default the config's own weights: the probe of micro_s2_mae probes the MAE weights
+    # (the default used to be [null], which silently replaced them by random init).
+    assert encoder_config("micro_s2_mae").weights == "mae_vit_micro"
+    assert ProbeConfig().weights == []
 
 
 def test_cli_bad_keys_are_clear_errors(capsys):
