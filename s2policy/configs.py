@@ -22,6 +22,7 @@ def register_configs() -> None:
     from s2policy.data.replay_buffer import StoreConfig
     from s2policy.data.robomimic_io import RobomimicConfig
     from s2policy.encoders.s2 import EncoderConfig
+    from s2policy.evaluation.approx import ApproxConfig
     from s2policy.evaluation.probe import ProbeConfig
     from s2policy.evaluation.report import ReportConfig
     from s2policy.evaluation.rollout import EvalConfig
@@ -44,6 +45,7 @@ def register_configs() -> None:
     cs.store(group="train", name="train_schema", node=TrainConfig)
     cs.store(name="report_schema", node=ReportConfig)
     cs.store(name="probe_schema", node=ProbeConfig)
+    cs.store(name="approx_schema", node=ApproxConfig)
     # One typed encoder, for composing ``+encoder=<name>`` on its own (the probe's encoders).
     cs.store(name="encoder_choice_schema", node={"encoder": EncoderConfig})
     cs.store(name="robomimic_schema", node=RobomimicConfig)

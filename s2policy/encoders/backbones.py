@@ -52,6 +52,20 @@ BACKBONES: dict[str, BackboneSpec] = {
         {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3},
         "CPU demo ViT: patch 8, width 96, depth 4",
     ),
+    # The CPU backbone ladder (README: "Does S² replace a larger model?"): single-scale FLOPs at
+    # 64 px of vit_mini ~ vit_micro S² (64, 128); vit_midi ~ 4x vit_mini ~ vit_mini S² (64, 128).
+    "vit_mini": BackboneSpec(
+        "vit_tiny_patch16_224",
+        64,
+        {"patch_size": 8, "embed_dim": 192, "depth": 5, "num_heads": 3},
+        "CPU ladder ViT: patch 8, width 192, depth 5 (the FLOPs of vit_micro S² (64, 128))",
+    ),
+    "vit_midi": BackboneSpec(
+        "vit_tiny_patch16_224",
+        64,
+        {"patch_size": 8, "embed_dim": 256, "depth": 12, "num_heads": 4},
+        "CPU ladder ViT: patch 8, width 256, depth 12 (about 4x the FLOPs of vit_mini)",
+    ),
     "vit_nano_reg": BackboneSpec(
         "vit_small_patch14_reg4_dinov2",
         28,

@@ -1,5 +1,7 @@
 """Success tables per task x backbone x scales x policy x randomization, a summary across
-tasks, and a success-vs-GFLOPs plot.
+tasks, a success-vs-GFLOPs plot with each task's Pareto front, and the S² question answered from
+the data: each S² row against the single-scale model of (about) equal FLOPs, with a 95 % interval
+of the difference (Newcombe).
 
     python -m s2policy.evaluation.report runs=[multirun/cube_pick,outputs/cube_pick] out=reports/x
     s2policy-report runs=[multirun] tasks=[cube_pick,place,stack,push]
@@ -32,14 +34,14 @@ from typing import Any
 import numpy as np
 
 from s2policy.encoders.s2 import BLIND, ORACLE
-from s2policy.evaluation.stats import success_rate
+from s2policy.evaluation.stats import difference_interval, success_rate
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["task", "demos", "dataset", "backbone", "scales", "weights", "params_M",
            "gflops_per_img", "encoder_ms", "probe_object_r2", "probe_gripper_r2", "policy",
            "recipe", "randomization", "success", "ci95_low", "ci95_high", "normalized", "episodes",
-           "seeds", "seed_rates"]  # fmt: skip
+           "seeds", "seed_rates", "pareto", "approx_r2"]  # fmt: skip
 #: What a blind and an oracle row must share with a row to normalize its rate.
 FLOOR_KEYS = ("task", "dataset", "demos", "policy", "execution", "randomization")
 #: The row's recipe beside the encoder and policy: ``exec 8`` (actions executed per chunk),
@@ -48,6 +50,10 @@ RECIPE_DEFAULT_POOL = "cls"
 BLIND_LABEL, ORACLE_LABEL = "blind (state only)", "oracle (privileged state)"
 #: What identifies a configuration across tasks (the summary's rows).
 CONFIG_KEYS = ("demos", "backbone", "scales", "weights", "policy", "recipe", "randomization")
+#: What two rows must share to be compared as S² vs single scale (encoder aside).
+COMPARE_KEYS = ("task", "dataset", "demos", "policy", "recipe", "randomization")
+#: Two encoders cost "equal FLOPs" when their GFLOPs per image differ by at most this factor.
+EQUAL_FLOPS_TOLERANCE = 1.25
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:
@@ -161,14 +167,102 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "execution": execution_label(runs[0]),
                 "randomization": rand,
                 "success": rate.rate,
+                "successes": wins,
                 "ci95_low": rate.low,
                 "ci95_high": rate.high,
                 "episodes": n,
                 "seeds": len(seeds),
                 "seed_rates": " ".join(f"s{s}:{100 * v:.0f}%" for s, v in by_seed),
+                "approx_r2": None,
             }
         )
-    return normalize(rows)
+    return pareto(normalize(rows))
+
+
+def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark each row's ``pareto``: no other row of its task, dataset, policy, execution and
+    randomization is at least as successful for at most its GFLOPs per image (and better in
+    one). The oracle (no encoder: privileged state) is a ceiling, not a point: ``None``."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        r["pareto"] = None
+        if r["backbone"] != ORACLE_LABEL:
+            groups[tuple(r[k] for k in FLOOR_KEYS)].append(r)
+    for group in groups.values():
+        for r in group:
+            r["pareto"] = not any(
+                o["gflops_per_img"] <= r["gflops_per_img"]
+                and o["success"] >= r["success"]
+                and (o["gflops_per_img"] < r["gflops_per_img"] or o["success"] > r["success"])
+                for o in group
+            )
+    return rows
+
+
+def is_s2(row: dict[str, Any]) -> bool:
+    return "," in row["scales"]
+
+
+def equal_flops_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each S² row against the single-scale row of another backbone closest in GFLOPs per image
+    (within :data:`EQUAL_FLOPS_TOLERANCE`), on the same task, data, policy and recipe: the
+    paper's question. ``difference`` = S² rate - single-scale rate with its Newcombe interval."""
+    out = []
+    for r in (r for r in rows if is_s2(r)):
+        peers = [
+            o
+            for o in rows
+            if o["backbone"] not in (BLIND_LABEL, ORACLE_LABEL, r["backbone"])
+            and not is_s2(o)
+            and all(o[k] == r[k] for k in COMPARE_KEYS)
+            and o["gflops_per_img"] > 0
+            and max(o["gflops_per_img"], r["gflops_per_img"])
+            <= EQUAL_FLOPS_TOLERANCE * min(o["gflops_per_img"], r["gflops_per_img"])
+        ]
+        if not peers:
+            continue
+        o = min(peers, key=lambda o: abs(np.log(o["gflops_per_img"] / r["gflops_per_img"])))
+        diff, low, high = difference_interval(
+            r["successes"], r["episodes"], o["successes"], o["episodes"]
+        )
+        out.append({"s2": r, "single": o, "difference": diff, "low": low, "high": high})
+    return out
+
+
+def comparison_sentence(c: dict[str, Any]) -> str:
+    r, o = c["s2"], c["single"]
+
+    def name(row):
+        weights = "" if row["weights"] in ("-", "random") else f" ({row['weights']})"
+        return f"`{row['backbone']}` {row['scales']}{weights}"
+
+    verdict = "better" if c["low"] > 0 else "worse" if c["high"] < 0 else "no difference shown"
+    return (
+        f"{r['task']}: S² {name(r)} vs the single-scale {name(o)} of equal FLOPs "
+        f"({r['gflops_per_img']:.3f} vs {o['gflops_per_img']:.3f} GFLOPs/img): "
+        f"{100 * c['difference']:+.1f} points [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] "
+        f"(95 % CI of the difference, Newcombe; {r['episodes']} vs {o['episodes']} episodes, "
+        f"{r['recipe']}) — {verdict}."
+    )
+
+
+def attach_approx(rows: list[dict[str, Any]], approx: list[dict[str, Any]]) -> None:
+    """Fill ``approx_r2`` from ``approx.json`` results (:mod:`s2policy.evaluation.approx`): the
+    held-out R² of a linear map from the row's encoder features to the target encoder's, on the
+    same dataset (matched by file name)."""
+    for result in approx:
+        dataset = Path(result["dataset"]).name
+        for a in result["rows"]:
+            enc = a["source_encoder"]
+            scales = "(" + ", ".join(map(str, enc["scales"])) + ")"
+            for r in rows:
+                if (
+                    Path(str(r["dataset"])).name == dataset
+                    and r["backbone"] == enc["backbone"]
+                    and r["scales"] == scales
+                    and r["weights"] == (enc["weights"] or "random")
+                ):
+                    r["approx_r2"] = a["r2"]
 
 
 def normalize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -247,9 +341,10 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| task | demos | backbone | scales | weights | params (M) | GFLOPs/img | "
         "encoder ms/call | probe R² object | probe R² gripper | policy | recipe | randomization | "
-        "success [95% CI] | normalized | episodes | seeds (per-seed success) |",
+        "success [95% CI] | normalized | episodes | seeds (per-seed success) | Pareto | "
+        "feature R² → target |",
         "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- "
-        "| ---: | ---: | --- |",
+        "| ---: | ---: | --- | --- | ---: |",
     ]
 
     def r2(v):
@@ -262,14 +357,15 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
             f"{r2(r['probe_object_r2'])} | {r2(r['probe_gripper_r2'])} | {r['policy']} | "
             f"{r['recipe']} | {r['randomization']} | "
             f"{100 * r['success']:.1f}% [{100 * r['ci95_low']:.1f}, {100 * r['ci95_high']:.1f}] | "
-            f"{r2(r['normalized'])} | {r['episodes']} | {r['seeds']} ({r['seed_rates']}) |"
+            f"{r2(r['normalized'])} | {r['episodes']} | {r['seeds']} ({r['seed_rates']}) | "
+            f"{'front' if r['pareto'] else '-'} | {r2(r['approx_r2'])} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict[str, Any]], path: Path, tasks: list[str] | None = None) -> Path:
     """One panel per task (in ``tasks`` order): success (95 % interval) against encoder GFLOPs
-    per image."""
+    per image, the Pareto front of each execution setting drawn as a grey step line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,6 +392,21 @@ def plot(rows: list[dict[str, Any]], path: Path, tasks: list[str] | None = None)
             ax.errorbar(
                 r["gflops_per_img"], y, yerr=err, fmt="o", capsize=4, label=label.replace(" -", "")
             )
+        fronts: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            if r["task"] == task and r["pareto"]:
+                fronts[tuple(r[k] for k in FLOOR_KEYS)].append(r)
+        for i, front in enumerate(fronts.values()):
+            front.sort(key=lambda r: r["gflops_per_img"])
+            ax.step(
+                [r["gflops_per_img"] for r in front],
+                [100 * r["success"] for r in front],
+                where="post",
+                color="0.6",
+                lw=1.2,
+                zorder=0,
+                label="Pareto front" if i == 0 else None,
+            )
         ax.set_xscale("symlog", linthresh=0.01)
         ax.set_xlabel("encoder GFLOPs per image (symlog; blind = 0; oracle dashed)")
         ax.set_ylim(-3, 103)
@@ -310,11 +421,16 @@ def plot(rows: list[dict[str, Any]], path: Path, tasks: list[str] | None = None)
 
 
 def write_report(
-    paths: list[str | Path], out: str | Path, tasks: list[str] | None = None
+    paths: list[str | Path],
+    out: str | Path,
+    tasks: list[str] | None = None,
+    approx: list[str | Path] | None = None,
 ) -> tuple[str, list[Path]]:
     """Read results, write ``report.md``, ``report.csv`` and ``success_vs_gflops.png`` to ``out``
-    (one table per task, plus a summary across tasks when there are several); returns the
-    markdown and the written files. ``tasks`` keeps only those tasks, in that order."""
+    (one table per task, each followed by its S²-vs-equal-FLOPs sentences, plus a summary across
+    tasks when there are several); returns the markdown and the written files. ``tasks`` keeps
+    only those tasks, in that order; ``approx`` names ``approx.json`` files whose R² fill the
+    ``approx_r2`` column."""
     files = find_results(paths)
     results = [json.loads(f.read_text()) for f in files]
     found = sorted({r["task"] for r in results})
@@ -328,6 +444,15 @@ def write_report(
         results = [r for r in results if r["task"] in tasks]
     tasks = list(tasks or found)
     rows = build_rows(results)
+    for path in approx or []:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"approx file {path} not found: write it with python -m s2policy.evaluation.approx "
+                "... out=<folder>"
+            )
+        attach_approx(rows, [json.loads(path.read_text())])
+    comparisons = equal_flops_comparisons(rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = ""
@@ -354,6 +479,8 @@ def write_report(
         written.append(out / "summary.csv")
     for task in tasks:
         md += f"### {task}\n\n" + to_markdown([r for r in rows if r["task"] == task]) + "\n"
+        sentences = [comparison_sentence(c) for c in comparisons if c["s2"]["task"] == task]
+        md += "".join(f"- {line}\n" for line in sentences) + ("\n" if sentences else "")
     (out / "report.md").write_text(md)
     with (out / "report.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -372,6 +499,8 @@ class ReportConfig:
     out: str | None = None
     #: Only these tasks, in this order (null: every task found, sorted).
     tasks: list[str] | None = None
+    #: ``approx.json`` files of :mod:`s2policy.evaluation.approx` (the ``approx_r2`` column).
+    approx: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.runs:
@@ -389,7 +518,7 @@ class ReportConfig:
 
 
 def run_report(cfg: ReportConfig) -> None:
-    md, written = write_report(cfg.runs, cfg.out_dir(), cfg.tasks)
+    md, written = write_report(cfg.runs, cfg.out_dir(), cfg.tasks, cfg.approx)
     print(md)
     for path in written:
         print(f"wrote {path}")

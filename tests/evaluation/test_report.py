@@ -176,3 +176,69 @@ def test_diffusion_sampling_steps_and_ema_are_part_of_the_recipe():
         "exec 8, ddim 16, ema",
         "exec 8, ddim 4, ema",
     ]
+
+
+LADDER = (
+    [
+        # vit_micro S² costs what vit_mini costs at one scale (0.30 vs 0.29 GFLOPs): the comparison.
+        result("vit_micro", [64, 128], s, k, n=100, gflops=0.299)
+        for s, k in ((0, 80), (1, 76))
+    ]
+    + [result("vit_mini", [64], s, k, n=100, gflops=0.292) for s, k in ((0, 60), (1, 64))]
+    + [result("vit_micro", [64], s, k, n=100, gflops=0.060) for s, k in ((0, 20), (1, 22))]
+    + [result("vit_midi", [64], s, k, n=100, gflops=1.233) for s, k in ((0, 70), (1, 72))]
+    + [result("none", [], s, 4, n=100) for s in (0, 1)]
+)
+
+
+def test_pareto_front_marks_undominated_rows():
+    rows = {(r["backbone"], r["scales"]): r for r in build_rows(LADDER)}
+    assert rows[("vit_micro", "(64, 128)")]["pareto"]  # 78 % at 0.299
+    assert rows[("vit_micro", "(64)")]["pareto"]  # cheapest image row
+    assert rows[("blind (state only)", "-")]["pareto"]  # 0 GFLOPs
+    # 62 % at 0.292: micro S² is better but costs more, no cheaper row is better: on the front.
+    assert rows[("vit_mini", "(64)")]["pareto"]
+    assert not rows[("vit_midi", "(64)")]["pareto"]  # 71 % at 1.233: micro S² beats it cheaper
+
+
+def test_equal_flops_sentence_uses_the_difference_interval(tmp_path):
+    from s2policy.evaluation.report import equal_flops_comparisons
+    from s2policy.evaluation.stats import difference_interval
+
+    rows = build_rows(LADDER)
+    (c,) = equal_flops_comparisons(rows)  # only micro S² has an equal-FLOPs single-scale peer
+    assert c["single"]["backbone"] == "vit_mini"  # not vit_midi (4x) nor vit_micro (1/5)
+    assert (c["difference"], c["low"], c["high"]) == difference_interval(156, 200, 124, 200)
+    md, _ = write_report([write_runs(tmp_path / "runs", LADDER)], tmp_path / "out")
+    assert (
+        "- cube_pick: S² `vit_micro` (64, 128) vs the single-scale `vit_mini` (64) of equal FLOPs "
+        "(0.299 vs 0.292 GFLOPs/img): +16.0 points" in md
+    )
+    assert "— better." in md
+
+
+def test_report_reads_approximation_r2(tmp_path):
+    runs = write_runs(tmp_path / "runs", LADDER)
+    approx = tmp_path / "approx.json"
+    approx.write_text(
+        json.dumps(
+            {
+                "dataset": "somewhere/else/-",  # matched by file name (results carry none: "-")
+                "rows": [
+                    {
+                        "source_encoder": {
+                            "backbone": "vit_micro",
+                            "scales": [64, 128],
+                            "weights": None,
+                        },
+                        "r2": 0.875,
+                    }
+                ],
+            }
+        )
+    )
+    md, _ = write_report([runs], tmp_path / "out", approx=[approx])
+    line = next(x for x in md.splitlines() if "| vit_micro | (64, 128) |" in x)
+    assert line.endswith("| front | 0.875 |"), line
+    with pytest.raises(FileNotFoundError, match="approx file"):
+        write_report([runs], tmp_path / "out", approx=[tmp_path / "missing.json"])
