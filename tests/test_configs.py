@@ -29,6 +29,7 @@ def _types() -> dict[str, type]:
     from s2policy.data.collect import CollectConfig
     from s2policy.data.replay_buffer import StoreConfig
     from s2policy.data.robomimic_io import RobomimicConfig
+    from s2policy.evaluation.approx import ApproxConfig
     from s2policy.evaluation.probe import ProbeConfig
     from s2policy.evaluation.report import ReportConfig
     from s2policy.evaluation.rollout import EvalConfig
@@ -39,6 +40,7 @@ def _types() -> dict[str, type]:
     from s2policy.training.config import RunConfig
 
     return {
+        "approx": ApproxConfig,
         "config": RunConfig,
         "cache": CacheCommandConfig,
         "collect": CollectConfig,
@@ -55,6 +57,7 @@ def _types() -> dict[str, type]:
 
 #: Top-level configs -> the overrides their mandatory (``???``) keys need.
 TOP_LEVEL = {
+    "approx": [],
     "config": [],
     "cache": [],
     "collect": [],
