@@ -10,7 +10,7 @@ DEMO_EPISODES ?= 200
 
 TASKS := cube_pick place stack push
 
-.PHONY: setup sysdeps demo demo-tasks test test-fast lint format bench gpu-prep clean
+.PHONY: setup sysdeps demo demo-tasks demo-ladder test test-fast lint format bench gpu-prep clean
 
 setup: sysdeps $(STAMP)
 
@@ -52,6 +52,14 @@ demo-tasks: setup
 	$(PY) train_policy.py -m experiment=multitask train.overwrite=true
 	$(PY) -m s2policy.evaluation.report out=multirun/report \
 	    runs=[$$(echo $(addprefix multirun/,$(TASKS)) | tr ' ' ,)] tasks=[$$(echo $(TASKS) | tr ' ' ,)]
+
+# Does S² replace a larger model? The backbone ladder on cube picking at demo size
+# (configs/experiment/demo_ladder.yaml; the full sweep is experiment=ladder, README).
+demo-ladder: setup
+	$(PY) collect_demos.py task=cube_pick n_episodes=200 output=datasets/cube_pick_200.zarr
+	$(PY) train_policy.py -m experiment=demo_ladder train.overwrite=true
+	$(PY) -m s2policy.evaluation.report runs=[multirun/demo_ladder/cube_pick] \
+	    out=multirun/demo_ladder/report
 
 test: setup
 	$(PY) -m pytest

@@ -228,15 +228,17 @@ def _sweeps():
 
 def test_every_sweep_value_of_the_experiments_composes():
     cases = list(_sweeps())
-    assert {f for f, *_ in cases} == {"multitask", "multitask_large"}
+    assert {f for f, *_ in cases} == {"multitask", "multitask_large", "ladder", "demo_ladder"}
     for file, key, value in cases:
         cfg, composed = compose_typed("config", [f"experiment={file}", f"{key}={value}"])
         if key in composed.hydra.runtime.choices:
             assert composed.hydra.runtime.choices[key] == value
         else:
             assert str(OmegaConf.select(composed, key)) == value
-        if file == "multitask_large":
+        if file in ("multitask_large", "ladder", "demo_ladder"):
             assert cfg.dataset == f"datasets/{cfg.task.name}_200.zarr"
+        if file == "ladder":  # the policy recipe of cpu_large on every rung
+            assert cfg.train.augment.views == 4 and cfg.policy.n_action_steps == 1
 
 
 @pytest.mark.parametrize("file", _group_files("encoder"))

@@ -10,7 +10,8 @@ target's mean). The reverse direction (target → source) is reported beside it:
 are a superset of what the large model sees, the forward R² is high and the reverse lower.
 
     python -m s2policy.evaluation.approx dataset=datasets/cube_pick_200.zarr \
-        sources=[micro_mae4,micro_s2_mae4,mini_mae4] target=midi_mae4 out=multirun/ladder/approx
+        sources=[micro_mae4,micro_s2_mae4,mini_mae4] target=midi_mae4 augment.views=4 \
+        out=multirun/ladder/approx
 
 (``configs/approx.yaml``, typed by :class:`ApproxConfig`.) It writes ``approx.json`` (read by the
 report: its ``approx_r2`` column) and ``approx.md``.
@@ -36,6 +37,7 @@ from s2policy.evaluation.probe import (
     encoder_config,
     episode_rows,
 )
+from s2policy.features.augment import AugmentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,9 @@ class ApproxConfig:
     seed: int = 0
     #: A configs folder holding ``encoder/<name>.yaml``; null: the repository's ``configs/``.
     configs: str | None = None
+    #: The augmented views of the caches to reuse (``augment.views=4``: the caches a training
+    #: run with ``train.augment.views=4`` built); only their plain features are read.
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
         if not self.sources:
@@ -130,7 +135,8 @@ def run_approx(cfg: ApproxConfig) -> dict[str, Any]:
 
     def features(name: str) -> tuple[Any, np.ndarray]:
         enc = encoder_config(name, configs=cfg.configs)
-        return enc, cache_matrix(build_cache(cfg.dataset, build_encoder(enc)))
+        cache = build_cache(cfg.dataset, build_encoder(enc), augment=cfg.augment)
+        return enc, cache_matrix(cache)
 
     buffer = ReplayBuffer.open(cfg.dataset)
     if buffer.n_episodes < 2:

@@ -115,3 +115,28 @@ def test_unknown_backbone():
 def test_tile_size_must_fit_the_patch():
     with pytest.raises(ValueError, match="multiple of its patch size 8"):
         build_backbone("vit_nano", img_size=36)
+
+
+def test_the_cpu_ladder_rungs_are_ordered_by_flops():
+    """vit_mini costs what vit_micro S² (64, 128) costs at one scale (within 25 %: the report's
+    "equal FLOPs"); vit_midi about 4x vit_mini; shapes and widths as registered."""
+    from s2policy.encoders.s2 import S2Encoder
+
+    cost, params = {}, {}
+    for name, width in (("vit_micro", 96), ("vit_mini", 192), ("vit_midi", 256)):
+        model, cfg = build_backbone(name, None, img_size=64, init_seed=0)
+        params[name] = sum(p.numel() for p in model.parameters())
+        for scales in ((64,), (64, 128)):
+            enc = S2Encoder(model, cfg, scales, 64)
+            out = enc(torch.rand(2, 3, 64, 64))
+            assert out.shape == (2, width * len(scales))
+            cost[name, scales] = enc.gflops_per_image()
+    s2_micro, mini, midi = (
+        cost["vit_micro", (64, 128)],
+        cost["vit_mini", (64,)],
+        cost["vit_midi", (64,)],
+    )
+    assert cost["vit_micro", (64,)] < mini < midi
+    assert max(s2_micro, mini) <= 1.25 * min(s2_micro, mini)
+    assert 3.5 < midi / mini < 4.5
+    assert params["vit_micro"] < params["vit_mini"] < params["vit_midi"]
