@@ -19,7 +19,7 @@ setup: sysdeps $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	CMAKE_POLICY_VERSION_MINIMUM=3.5 $(PY) -m pip install -q -e '.[dev,robomimic]'
+	CMAKE_POLICY_VERSION_MINIMUM=3.5 $(PY) -m pip install -q -e '.[dev,robomimic,viz,lerobot]'
 	@touch $(STAMP)
 
 # System libraries for headless rendering: installed when run as root, else the exact command.

@@ -19,6 +19,7 @@ __all__ = ["CONFIG_DIR", "register_configs", "run_hydra", "to_object"]
 def register_configs() -> None:
     """Register every schema; entry points call this before ``hydra.main`` runs."""
     from s2policy.data.collect import CollectConfig
+    from s2policy.data.lerobot_io import LeRobotConfig
     from s2policy.data.replay_buffer import StoreConfig
     from s2policy.data.robomimic_io import RobomimicConfig
     from s2policy.encoders.s2 import EncoderConfig
@@ -32,7 +33,9 @@ def register_configs() -> None:
     from s2policy.pretraining.train import PretrainConfig
     from s2policy.robot.keys import RobotKeysConfig
     from s2policy.robot.run import RobotRunConfig
+    from s2policy.tracking import LoggerConfig
     from s2policy.training.config import RunConfig, TrainConfig
+    from s2policy.viz import VizConfig
 
     cs = ConfigStore.instance()
     cs.store(name="collect_schema", node=CollectConfig)
@@ -43,15 +46,18 @@ def register_configs() -> None:
     cs.store(group="policy", name="mlp_schema", node=MLPPolicyConfig)
     cs.store(group="policy", name="diffusion_schema", node=DiffusionPolicyConfig)
     cs.store(group="train", name="train_schema", node=TrainConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
     cs.store(name="report_schema", node=ReportConfig)
     cs.store(name="probe_schema", node=ProbeConfig)
     cs.store(name="approx_schema", node=ApproxConfig)
     # One typed encoder, for composing ``+encoder=<name>`` on its own (the probe's encoders).
     cs.store(name="encoder_choice_schema", node={"encoder": EncoderConfig})
     cs.store(name="robomimic_schema", node=RobomimicConfig)
+    cs.store(name="lerobot_schema", node=LeRobotConfig)
     cs.store(name="robot_schema", node=RobotRunConfig)
     cs.store(name="store_schema", node=StoreConfig)
     cs.store(name="robot_keys_schema", node=RobotKeysConfig)
+    cs.store(name="viz_schema", node=VizConfig)
 
 
 def run_hydra(

@@ -17,13 +17,23 @@ def run_experiment(
 ) -> tuple[Path, dict[str, Any] | None]:
     """Train ``cfg``; with ``cfg.eval.enabled``, evaluate the checkpoint (rank 0 under DDP)
     with the linear-probe R² of the same cached features in its results. Returns the checkpoint
-    directory and the evaluation results (or ``None``)."""
+    directory and the evaluation results (or ``None``). ``cfg.logger`` tracks the metrics
+    records (besides ``on_log``) and the evaluation (rank 0 only)."""
     import os
 
+    from s2policy.tracking import open_tracker
+
+    rank = int(os.environ.get("RANK", "0"))
+    with open_tracker(
+        cfg.logger, cfg.output_dir, cfg.run_name, cfg.task.name, "train", cfg.to_dict(), rank
+    ) as tracker:
+        return _train_and_evaluate(cfg, tracker.chain(on_log), on_episode, tracker, rank)
+
+
+def _train_and_evaluate(cfg: RunConfig, on_log, on_episode, tracker, rank: int):
     from s2policy.training.loop import fit
 
     result = fit(cfg, on_log)
-    rank = int(os.environ.get("RANK", "0"))
     if not cfg.eval.enabled or rank != 0 or not result.checkpoint.exists():
         return result.checkpoint, None
     from s2policy.evaluation.probe import probe_cache
@@ -42,4 +52,4 @@ def run_experiment(
     extra = {}
     if result.cache is not None:  # linear-probe R² of the same features, for the report
         extra["probe"] = probe_cache(cfg.dataset, result.cache, seed=cfg.train.seed)
-    return result.checkpoint, evaluate(eval_cfg, on_episode, trained, extra)
+    return result.checkpoint, evaluate(eval_cfg, on_episode, trained, extra, tracker)

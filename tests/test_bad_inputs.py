@@ -28,6 +28,7 @@ from s2policy.data.collect import CollectConfig, collect_demos
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.data.robomimic_io import import_robomimic
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
+from s2policy.evaluation.approx import ApproxConfig
 from s2policy.evaluation.config import EvalConfig
 from s2policy.evaluation.rollout import evaluate
 from s2policy.features.augment import AugmentConfig
@@ -39,6 +40,7 @@ from s2policy.robot.loop import LoopConfig
 from s2policy.robot.run import check_robot
 from s2policy.robot.safety import SafetyConfig
 from s2policy.task import TaskConfig
+from s2policy.tracking import LoggerConfig
 from s2policy.training.config import TrainConfig
 from s2policy.training.loop import train
 
@@ -304,6 +306,12 @@ CASES = [
                                     ["backbone"].update(weights_digest="0" * 64))),
     Case("evaluation", "`n_episodes=0`", lambda c: EvalConfig(checkpoint="x", n_episodes=0),
          r"n_episodes and n_envs must be >= 1"),
+    Case("evaluation", "`n_records=-1`", lambda c: EvalConfig(checkpoint="x", n_records=-1),
+         r"n_videos and n_records >= 0"),
+    Case("tracking", "`logger.backend=mlflow`", lambda c: LoggerConfig(backend="mlflow"),
+         r"unknown logger 'mlflow'; known: none, tensorboard, wandb"),
+    Case("feature approximation", "no source encoder", lambda c: ApproxConfig(sources=[]),
+         r"sources must name at least one encoder config"),
     Case("evaluation", "`num_inference_steps` for an MLP",
          lambda c: PolicyRunner(load(c.run), num_inference_steps=4),
          r"policy 'mlp' predicts in one pass and has no inference steps", "run"),

@@ -99,7 +99,9 @@ def test_console_scripts_name_a_misspelt_key(tmp_path, name, args, key):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["s2policy-report", "s2policy-probe", "s2policy-robomimic"])
+@pytest.mark.parametrize(
+    "name", ["s2policy-report", "s2policy-probe", "s2policy-robomimic", "s2policy-viz"]
+)
 def test_help_shows_the_usage_and_the_keys(name, capsys):
     module, _, attr = SCRIPTS[name].partition(":")
     with pytest.raises(SystemExit) as exit:

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _types() -> dict[str, type]:
     from s2policy.data.collect import CollectConfig
+    from s2policy.data.lerobot_io import LeRobotConfig
     from s2policy.data.replay_buffer import StoreConfig
     from s2policy.data.robomimic_io import RobomimicConfig
     from s2policy.evaluation.approx import ApproxConfig
@@ -38,6 +39,7 @@ def _types() -> dict[str, type]:
     from s2policy.robot.keys import RobotKeysConfig
     from s2policy.robot.run import RobotRunConfig
     from s2policy.training.config import RunConfig
+    from s2policy.viz import VizConfig
 
     return {
         "approx": ApproxConfig,
@@ -45,6 +47,7 @@ def _types() -> dict[str, type]:
         "cache": CacheCommandConfig,
         "collect": CollectConfig,
         "eval": EvalConfig,
+        "lerobot": LeRobotConfig,
         "pretrain": PretrainConfig,
         "probe": ProbeConfig,
         "report": ReportConfig,
@@ -52,6 +55,7 @@ def _types() -> dict[str, type]:
         "robot": RobotRunConfig,
         "robot_keys": RobotKeysConfig,
         "store": StoreConfig,
+        "viz": VizConfig,
     }
 
 
@@ -62,6 +66,7 @@ TOP_LEVEL = {
     "cache": [],
     "collect": [],
     "eval": ["checkpoint=x"],
+    "lerobot": ["action=import", "src=a", "dst=b.zarr"],
     "pretrain": [],
     "probe": [],
     "report": ["runs=[multirun]"],
@@ -69,6 +74,7 @@ TOP_LEVEL = {
     "robot": ["checkpoint=x"],
     "robot_keys": ["dir=keys", "name=server"],
     "store": ["action=inspect", "store=s.zarr"],
+    "viz": ["dataset=x.zarr"],
 }
 
 #: Config groups (folders) -> every (top-level config, override key) that selects from them.
@@ -83,6 +89,7 @@ GROUPS = {
         ("collect", "randomization"),
         ("eval", "randomization"),
     ],
+    "logger": [("config", "logger"), ("eval", "logger"), ("pretrain", "logger")],
     "experiment": [("config", "experiment")],
     "hydra/launcher": [("config", "hydra/launcher")],
 }

@@ -209,15 +209,24 @@ def _open_hdf5(src: Path) -> h5py.File:
         ) from err
 
 
+#: Import attributes -> (source attribute, format, unit) of every importer (robomimic, LeRobot).
+IMPORTS = {
+    IMPORT_STATE: ("robomimic_source", "robomimic", "demos"),
+    "lerobot_import": ("lerobot_source", "LeRobot", "episodes"),
+}
+
+
 def check_import_complete(attrs: dict[str, Any], store: str | Path) -> None:
-    """Refuse a store whose robomimic import was interrupted (it holds only some demos)."""
-    state = attrs.get(IMPORT_STATE)
-    if state is not None and not state.get("complete"):
-        source = attrs.get("robomimic_source", {}).get("path", "its source")
-        raise ValueError(
-            f"{store} is an interrupted robomimic import of {source} ({state.get('demos')} demos "
-            "expected); rerun the same import command to complete it"
-        )
+    """Refuse a store whose robomimic or LeRobot import was interrupted (it holds only some
+    demos)."""
+    for key, (source_key, name, unit) in IMPORTS.items():
+        state = attrs.get(key)
+        if state is not None and not state.get("complete"):
+            source = attrs.get(source_key, {}).get("path", "its source")
+            raise ValueError(
+                f"{store} is an interrupted {name} import of {source} ({state.get(unit)} {unit} "
+                "expected); rerun the same import command to complete it"
+            )
 
 
 def _open_output(out: Path, attrs: dict[str, Any], overwrite: bool) -> ReplayBuffer:

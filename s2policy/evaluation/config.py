@@ -3,11 +3,12 @@ right after training in a sweep (``eval.*`` of ``configs/config.yaml``) both use
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from envs.randomization import Randomization, as_randomization
 from s2policy.encoders.s2 import EncoderConfig
 from s2policy.task import TaskConfig
+from s2policy.tracking import LoggerConfig
 
 
 @dataclass
@@ -29,6 +30,10 @@ class EvalConfig:
     max_episode_steps: int | None = None
     #: Episodes (the first ones of the seed list) saved as mp4 with a success overlay.
     n_videos: int = 2
+    #: Episodes (the first ones of the seed list) whose closed loop is kept in
+    #: ``records.zarr`` beside ``results.json`` (observations, actions, each predicted chunk;
+    #: ``s2policy.evaluation.records``) for ``python -m s2policy.viz rollout=<eval folder>``.
+    n_records: int = 0
     device: str = "auto"
     use_ema: bool = True
     #: DDIM steps of a diffusion policy; null: the checkpoint's (an error for one-pass policies).
@@ -50,13 +55,19 @@ class EvalConfig:
     #: Domain randomization of the evaluation (``randomization=heldout``); null: the one the
     #: demonstrations were collected with. Results and reports carry its ``name``.
     randomization: Randomization | None = None
+    #: Experiment tracking of ``eval_rollouts.py`` (``logger=tensorboard|wandb``): success rate,
+    #: interval and videos at the checkpoint's step, into the run's ``tensorboard/`` or a W&B
+    #: run. A sweep job logs its evaluation with the run's own ``logger`` instead.
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self):
         self.randomization = as_randomization(self.randomization)
         if isinstance(self.task, str):
             self.task = TaskConfig(name=self.task)
-        if self.n_episodes < 1 or self.n_envs < 1 or self.n_videos < 0:
-            raise ValueError("eval: n_episodes and n_envs must be >= 1, n_videos >= 0")
+        if self.n_episodes < 1 or self.n_envs < 1 or self.n_videos < 0 or self.n_records < 0:
+            raise ValueError(
+                "eval: n_episodes and n_envs must be >= 1, n_videos and n_records >= 0"
+            )
         if self.seeds is not None and not self.seeds:
             raise ValueError("eval: seeds must not be an empty list")
         if self.infer_when_remaining < 0:

@@ -7,7 +7,9 @@ their frames go through the live encoder in one batch (the cache's exact preproc
 float16 rounding) and the policy predicts their chunks in one call. Diffusion noise is drawn per
 episode from a generator seeded by the episode's seed. An evaluation is reproducible from its
 seed list and ``n_envs``: with another ``n_envs`` the batches differ, and batch-size-dependent
-float rounding in the encoder can flip closed-loop outcomes of brittle policies.
+float rounding in the encoder can flip closed-loop outcomes of brittle policies. The first
+``n_videos`` episodes are saved as mp4, the first ``n_records`` as closed loops in
+``records.zarr`` (:mod:`s2policy.evaluation.records`, for ``python -m s2policy.viz``).
 """
 
 from __future__ import annotations
@@ -17,21 +19,25 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from s2policy.data.collect import store_attrs
 from s2policy.encoders.s2 import BLIND
 from s2policy.evaluation.config import EvalConfig
+from s2policy.evaluation.records import RECORDS, Recorder
 from s2policy.evaluation.stats import success_rate
 from s2policy.evaluation.video import write_episode_video
 from s2policy.policies.artifact import TrainedPolicy, load
 from s2policy.policies.runner import PolicyRunner
 from s2policy.runtime import resolve_device
 from s2policy.task import TaskConfig
+from s2policy.tracking import Tracker, open_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +103,18 @@ class Rollouts:
         #: Each environment's latest privileged state (``info`` minus ``success``): object poses,
         #: goal. Given to the runner beside the observation, for policies and experts that use it.
         self.privileged: list[dict[str, np.ndarray]] = [{} for _ in range(self.n_envs)]
+        #: The closed loops of the first ``cfg.n_records`` episodes (``records.zarr``).
+        self.recorder: Recorder | None = None
 
     def run(self, seeds: list[int]) -> list[dict[str, Any]]:
-        """Per-episode records (seed, success, steps, wall time, video), in seed-list order."""
+        """Per-episode records (seed, success, steps, wall time, video, record), in seed-list
+        order."""
         self.queue = deque(enumerate(seeds))
         self.episodes = [None] * len(seeds)  # type: ignore[list-item]
+        if self.cfg.n_records:
+            attrs = {**store_attrs(self.task), "n_action_steps": self.runner.n_action_steps}
+            self.recorder = Recorder(self.out / RECORDS, attrs, self.cfg.n_records, self.n_envs)
+            self.runner.on_predict = self.recorder.predicted
         venv = gym.vector.SyncVectorEnv(
             [lambda: self.task.make_env(self.cfg.max_episode_steps)] * self.n_envs,
             autoreset_mode=gym.vector.AutoresetMode.DISABLED,
@@ -109,7 +122,10 @@ class Rollouts:
         try:
             obs = self._start(venv, np.ones(self.n_envs, dtype=bool))
             while self._active().any():
-                actions = self.runner.act(self._observations(obs), self._active())
+                observations = self._observations(obs)
+                actions = self.runner.act(observations, self._active())
+                if self.recorder is not None:
+                    self.recorder.act(observations, actions, self._active())
                 obs, _, terminated, truncated, infos = venv.step(actions)
                 self._keep_privileged(infos, np.ones(self.n_envs, dtype=bool))
                 finished = np.logical_or(terminated, truncated)  # idle slots too: must reset
@@ -119,6 +135,7 @@ class Rollouts:
                     obs = self._start(venv, finished)
         finally:
             venv.close()
+            self.runner.on_predict = None
         return self.episodes
 
     def _observations(self, obs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -156,6 +173,8 @@ class Rollouts:
             slot = self.slots[i]
             if 0 <= slot.index < self.cfg.n_videos and self.video_cam:
                 slot.frames.append(new_obs[self.video_cam][i])
+            if self.recorder is not None:
+                self.recorder.start(i, slot.index)
         return new_obs
 
     def _record_step(self, i: int, obs: dict, success: bool, finished: bool) -> None:
@@ -164,6 +183,8 @@ class Rollouts:
         s.success = s.success or success
         if s.frames:
             s.frames.append(obs[self.video_cam][i])
+        if self.recorder is not None:
+            self.recorder.outcome(i, success)
         if not finished:
             return
         record = {
@@ -176,6 +197,10 @@ class Rollouts:
             path = self.out / f"episode_{s.index:03d}_seed{s.seed}.mp4"
             write_episode_video(path, s.frames, s.success, s.seed, self.task.env.control_hz)
             record["video"] = path.name
+        if self.recorder is not None:
+            stored = self.recorder.finish(i, s.index, s.seed, s.success)
+            if stored is not None:  # the episode's number in records.zarr
+                record["record"] = stored
         self.episodes[s.index] = record
         if self.on_episode is not None:
             self.on_episode(record)
@@ -186,10 +211,13 @@ def evaluate(
     on_episode: Callable[[dict[str, Any]], None] | None = None,
     trained: TrainedPolicy | None = None,
     extra: dict[str, Any] | None = None,
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg``'s episodes and write ``results.json`` (+ videos); returns the results.
     ``trained``: the already loaded checkpoint (else ``cfg.checkpoint`` is loaded); ``extra``:
-    more entries for the results (e.g. the sweep's linear-probe scores)."""
+    more entries for the results (e.g. the sweep's linear-probe scores); ``tracker``: where the
+    success rate and videos are logged (a sweep job's run), else one opened from ``cfg.logger``
+    in the checkpoint's run directory."""
     device = resolve_device(cfg.device)
     if trained is None:
         if cfg.checkpoint is None:
@@ -210,9 +238,22 @@ def evaluate(
         cfg.infer_when_remaining,
     )
     out = Path(cfg.output_dir) if cfg.output_dir else trained.run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    episodes = Rollouts(cfg, task, runner, out, on_episode).run(seeds)
-    return write_results(out, cfg, task, trained, runner, episodes, extra)
+    with ExitStack() as stack:
+        if tracker is None:
+            tracker = stack.enter_context(eval_tracker(cfg, trained))
+        out.mkdir(parents=True, exist_ok=True)
+        episodes = Rollouts(cfg, task, runner, out, on_episode).run(seeds)
+        results = write_results(out, cfg, task, trained, runner, episodes, extra)
+        tracker.log_evaluation(results, trained.step)
+    return results
+
+
+def eval_tracker(cfg: EvalConfig, trained: TrainedPolicy) -> Tracker:
+    """``cfg.logger``'s tracker for a standalone evaluation: the run's ``tensorboard/`` (beside
+    its training curves) or a W&B ``eval`` run named after the run directory."""
+    config = {"checkpoint": str(trained.path), "step": trained.step, "eval": asdict(cfg)}
+    run = trained.run_dir
+    return open_tracker(cfg.logger, run, run.name, trained.task.name, "eval", config, purge=False)
 
 
 def encoder_summary(trained: TrainedPolicy, runner: PolicyRunner, task: TaskConfig) -> dict:

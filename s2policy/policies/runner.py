@@ -155,6 +155,11 @@ class ActionRunner:
         self.seeds: list[int | None] = [None] * n_envs
         self.generators: list[torch.Generator | None] = [None] * n_envs
         self.latency: dict[str, list[float]] = {"encoder_ms": [], "policy_ms": []}
+        #: Called by :meth:`predict` (of :class:`PolicyRunner`) with ``(envs, futures)``: the
+        #: environments it predicted for and their whole predicted futures ``(n, K, A)`` from
+        #: the current step on (``K = horizon - n_obs_steps + 1``; the first ``n_action_steps``
+        #: are the executable chunk). ``None``: nobody listens (evaluation's records set it).
+        self.on_predict: Callable[[Sequence[int], np.ndarray], None] | None = None
 
     # -- episodes -----------------------------------------------------------------------------
 
@@ -353,8 +358,12 @@ class PolicyRunner(ActionRunner):
         gens = [self.generators[i] for i in envs]
         t0 = time.perf_counter()
         generator = gens if self.policy.stochastic and all(g is not None for g in gens) else None
-        chunk = self.executable(self.policy.predict_action(obs, generator=generator))
+        predicted = self.policy.predict_action(obs, generator=generator)
+        chunk = self.executable(predicted)
         self.latency["policy_ms"].append(1e3 * (time.perf_counter() - t0))
+        if self.on_predict is not None:
+            start = self.policy.cfg.action_start
+            self.on_predict(envs, predicted[:, start:].float().cpu().numpy())
         return list(chunk.float().cpu().numpy())
 
     def describe(self) -> dict[str, Any]:

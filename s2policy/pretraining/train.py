@@ -26,6 +26,7 @@ from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.pretraining.mae import MaskedAutoencoder, s2_tiles
 from s2policy.runtime import resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
+from s2policy.tracking import LoggerConfig, open_tracker
 from s2policy.training.trainer import STATE_FILE, Trainer, read_state
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class PretrainConfig:
     #: Folder of project-pretrained weights; null: ``$S2POLICY_WEIGHTS_DIR`` or ``weights``.
     weights_dir: str | None = None
     output_dir: str = "outputs/pretrain/run"
+    #: Experiment tracking (``logger=tensorboard|wandb``; ``configs/logger/``): loss, lr and
+    #: images/s into ``<output_dir>/tensorboard/`` or a W&B run.
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self):
         self.scales = [int(s) for s in self.scales] or [self.img_size]
@@ -127,6 +131,7 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
     dtype = resolve_dtype(cfg.dtype, device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tracker = open_tracker(cfg.logger, out, cfg.name, "pretrain", "pretrain", asdict(cfg))
     frames = load_frames(cfg)
     torch.manual_seed(cfg.seed)
     vit, bcfg = build_backbone(cfg.backbone, img_size=cfg.img_size, init_seed=cfg.seed)
@@ -175,12 +180,13 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
         weights = {k: v.contiguous() for k, v in mae.state_dict().items()}
         save_file(weights, str(folder / "mae.safetensors"))
 
-    trainer.run(
-        next_batch=batch,
-        loss=lambda images: mae(images, mask_gen)[0],
-        on_checkpoint=lambda: trainer.save_checkpoint(save_mae),
-        on_log=on_log,
-    )
+    with tracker:
+        trainer.run(
+            next_batch=batch,
+            loss=lambda images: mae(images, mask_gen)[0],
+            on_checkpoint=lambda: trainer.save_checkpoint(save_mae),
+            on_log=tracker.chain(on_log),
+        )
     return save_weights(cfg, mae, bcfg, frames, out)
 
 

@@ -12,6 +12,7 @@ from s2policy.encoders.s2 import EncoderConfig
 from s2policy.evaluation.config import EvalConfig
 from s2policy.features.augment import AugmentConfig
 from s2policy.task import TaskConfig
+from s2policy.tracking import LoggerConfig
 
 
 @dataclass
@@ -78,6 +79,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     #: Evaluation right after training (``eval.enabled=true``; what a sweep job runs).
     eval: EvalConfig = field(default_factory=EvalConfig)
+    #: Experiment tracking (``logger=tensorboard|wandb``; ``configs/logger/``): losses, lr,
+    #: samples/s, validation loss and the evaluation's success rate and videos.
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     #: The demonstration store; by convention ``datasets/<task>.zarr``.
     dataset: str = "datasets/cube_pick.zarr"
     #: Name of the run (its directory under ``outputs/<task>/``).

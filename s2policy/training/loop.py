@@ -241,7 +241,8 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
 
 
 #: Run-config fields that may change when a run resumes: the length of the run, where and how
-#: often it logs and saves, and what happens after it. Any other difference is refused.
+#: often it logs and saves (and to which tracker), and what happens after it. Any other
+#: difference is refused.
 RESUMABLE = (
     "train.steps",
     "train.resume",
@@ -254,6 +255,7 @@ RESUMABLE = (
     "train.cache_batch_size",
     "train.cache_chunk_steps",
     "eval.",
+    "logger.",
     "output_dir",
     "run_name",
 )
