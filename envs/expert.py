@@ -34,6 +34,9 @@ class ScriptedExpert:
     """
 
     first_phase = "approach"
+    #: Stored with the demonstrations (``attrs.expert_version``): a store is never appended to
+    #: with another version's episodes. Bump it when a change alters the trajectories.
+    version = 1
     xy_tol_m, z_tol_m, yaw_tol_rad = 0.008, 0.006, 0.05
 
     def __init__(self, env: Any, noise: float = 0.0, seed: int | None = None):
@@ -129,7 +132,9 @@ class GraspExpert(ScriptedExpert):
         if not self.close_until_settled:
             self._wait(self.close_steps, self.after_grasp)
         elif self._settled():
-            self.phase = self.after_grasp
+            self.phase, self._timer = self.after_grasp, 0
+        else:  # a gap that never settles (a slipping grasp) still ends the close in time
+            self._wait(3 * self.close_steps, self.after_grasp)
         return self._hold, 1.0
 
     def _settled(self) -> bool:
@@ -148,6 +153,7 @@ class PlaceExpert(GraspExpert):
     object's own position, so a grasp that slipped is corrected for."""
 
     after_grasp = "carry"
+    version = 2  # 2: lifts when the gripper gap settles (1: after close_steps)
     # Measured: with the 4-step timer, the oracle policy stepping 1 action at a time halted with
     # the cube grasped on the table (it cannot see the timer); cube pick keeps the timer (its
     # oracle reaches 100 % and its published figures were measured with it).

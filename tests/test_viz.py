@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rerun.chunk import RrdReader
 
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.s2 import EncoderConfig
@@ -21,6 +20,10 @@ from s2policy.evaluation.rollout import EvalConfig, evaluate
 from s2policy.policies.mlp import MLPPolicyConfig
 from s2policy.training.loop import train
 from s2policy.viz import VizConfig, main
+
+# The viewer is an optional extra (`make test` installs it); without it these tests are skipped.
+pytest.importorskip("rerun")
+from rerun.chunk import RrdReader  # noqa: E402
 
 STATE = ["ee_x", "ee_y", "ee_z", "ee_yaw", "gripper_gap"]
 ACTION = ["dx", "dy", "dz", "dyaw", "gripper"]

@@ -67,11 +67,23 @@ class EpisodeResult:
     seconds: float
 
 
+def expert_version(task: TaskConfig) -> int:
+    """The version of the task's scripted expert (``ScriptedExpert.version``): demonstrations of
+    two versions are not appended to one store."""
+    import importlib
+
+    import gymnasium as gym
+
+    module, _, name = gym.spec(task.env_id).entry_point.partition(":")
+    return int(getattr(importlib.import_module(module), name).expert.version)
+
+
 def store_attrs(task: TaskConfig) -> dict[str, Any]:
     """Root attributes identifying how a store's episodes were made (checked when appending)."""
     import envs
 
     return {
+        "expert_version": expert_version(task),
         "task": task.name,
         "env_id": task.env_id,
         "env": task.env.to_dict(),
@@ -108,7 +120,8 @@ def open_for_collection(path: Path, attrs: dict[str, Any], overwrite: bool) -> R
     if buffer.n_episodes == 0:  # nothing collected yet: nothing to mix other settings with
         buffer.update_attrs(attrs)
         return buffer
-    stored = buffer.attrs
+    # Stores written before experts were versioned hold version-1 demonstrations.
+    stored = {"expert_version": 1, **buffer.attrs}
     diff = _differences(stored, attrs)
     if diff:
         details = "; ".join(f"{k}: store has {a!r}, config has {b!r}" for k, (a, b) in diff.items())

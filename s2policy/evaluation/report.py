@@ -205,8 +205,10 @@ def is_s2(row: dict[str, Any]) -> bool:
 
 def equal_flops_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each S² row against the single-scale row of another backbone closest in GFLOPs per image
-    (within :data:`EQUAL_FLOPS_TOLERANCE`), on the same task, data, policy and recipe: the
-    paper's question. ``difference`` = S² rate - single-scale rate with its Newcombe interval."""
+    (within :data:`EQUAL_FLOPS_TOLERANCE`), on the same task, data, policy and recipe, both with
+    pretrained or both with random weights: the paper's question. ``difference`` = S² rate -
+    single-scale rate with its Newcombe interval (episodes taken as independent, so seeds that
+    disagree widen it less than they should; the rows list each seed's rate)."""
     out = []
     for r in (r for r in rows if is_s2(r)):
         peers = [
@@ -215,6 +217,7 @@ def equal_flops_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if o["backbone"] not in (BLIND_LABEL, ORACLE_LABEL, r["backbone"])
             and not is_s2(o)
             and all(o[k] == r[k] for k in COMPARE_KEYS)
+            and (o["weights"] == "random") == (r["weights"] == "random")  # both trained or not
             and o["gflops_per_img"] > 0
             and max(o["gflops_per_img"], r["gflops_per_img"])
             <= EQUAL_FLOPS_TOLERANCE * min(o["gflops_per_img"], r["gflops_per_img"])

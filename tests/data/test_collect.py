@@ -73,6 +73,29 @@ def test_collect_refuses_a_store_made_with_other_settings(tmp_path):
     assert collect_demos(cfg).n_episodes == 2
 
 
+def test_demonstrations_of_another_expert_version_are_not_appended(tmp_path, monkeypatch):
+    """The place/stack expert changed (version 2: it lifts when the gripper gap settles): a store
+    of another version's episodes is refused; a store written before versions were stored counts
+    as version 1 (cube pick's expert still is)."""
+    import zarr
+
+    from envs.expert import PlaceExpert
+
+    cfg = small_cfg(tmp_path, n_episodes=1)
+    assert collect_demos(cfg).attrs["expert_version"] == 1
+    del zarr.open_group(cfg.output, mode="a").attrs["expert_version"]
+    cfg.n_episodes = 2
+    assert collect_demos(cfg).n_episodes == 2
+    cfg = small_cfg(tmp_path / "place", n_episodes=1)
+    cfg.task.name = "place"
+    monkeypatch.setattr(PlaceExpert, "version", 1)
+    collect_demos(cfg)
+    monkeypatch.setattr(PlaceExpert, "version", 2)
+    cfg.n_episodes = 2
+    with pytest.raises(ValueError, match="expert_version: store has 1, config has 2"):
+        collect_demos(cfg)
+
+
 def test_keep_failed_and_giving_up(tmp_path):
     cfg = small_cfg(tmp_path, n_episodes=2, keep_failed=True)
     cfg.task.max_episode_steps = 3  # too short for the expert: every episode fails

@@ -215,6 +215,13 @@ def test_equal_flops_sentence_uses_the_difference_interval(tmp_path):
         "(0.299 vs 0.292 GFLOPs/img): +16.0 points" in md
     )
     assert "— better." in md
+    # A pretrained S² row is not compared with random-init single-scale rows (or vice versa).
+    pretrained = [
+        r | {"encoder": {**r["encoder"], "weights": "mae"}} if len(r["encoder"]["scales"]) > 1
+        else r
+        for r in LADDER
+    ]  # fmt: skip
+    assert equal_flops_comparisons(build_rows(pretrained)) == []
 
 
 def test_report_reads_approximation_r2(tmp_path):
