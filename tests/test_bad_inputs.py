@@ -192,6 +192,11 @@ CASES = [
                                  "shadow_size": 0}), n_episodes=7, output=str(c.store))),
          r"was collected with other settings \(env.image_size: store has \[32, 32\], config "
          r"has \[48, 48\]; image_size: .*\); collect into a new output", "store"),
+    Case("collection", "appending to demonstrations of another expert version",
+         lambda c: collect_demos(CollectConfig(task=TASK, n_episodes=7, output=str(c.store))),
+         r"was collected with other settings \(expert_version: store has 0, config has 1\); "
+         r"collect into a new output", "store",
+         setup=lambda c: zarr.open_group(c.store, mode="a").attrs.update(expert_version=0)),
     # stores
     Case("store", "a non-monotonic `meta/episode_ends`",
          lambda c: ReplayBuffer.open(c.store, "a"),
