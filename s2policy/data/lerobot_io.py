@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.robomimic_io import open_import_output
 from s2policy.fileio import swap_in
 
 logger = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ def import_lerobot(
     attrs = dataset.store_attrs(size)
     attrs[SOURCE] = dataset.identity(size)
     attrs[IMPORT_STATE] = {"complete": False, "episodes": n}
-    buffer = _open_output(out, attrs, overwrite)
+    buffer = open_import_output(out, attrs, overwrite, SOURCE, "dataset", "episodes")
     reader = EpisodeReader(dataset, size)
     try:
         for i in range(buffer.n_episodes, n):
@@ -227,19 +228,6 @@ def import_lerobot(
     buffer.update_attrs({IMPORT_STATE: {"complete": True, "episodes": n}})
     logger.info("imported %d episodes of %s into %s", buffer.n_episodes, src, out)
     return buffer
-
-
-def _open_output(out: Path, attrs: dict[str, Any], overwrite: bool) -> ReplayBuffer:
-    if out.exists() and not overwrite:
-        buffer = ReplayBuffer.open(out, "a")
-        if buffer.attrs.get(SOURCE) != attrs[SOURCE]:
-            raise FileExistsError(
-                f"{out} exists and is not an interrupted import of the same dataset; pass "
-                "overwrite=True (command line: overwrite=true) to replace it"
-            )
-        logger.info("resuming the import into %s after %d episodes", out, buffer.n_episodes)
-        return buffer
-    return ReplayBuffer.create(out, attrs, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------- command

@@ -185,7 +185,7 @@ def import_robomimic(
                     src,
                 )
         attrs[IMPORT_STATE] = {"complete": False, "demos": len(names)}
-        buffer = _open_output(out, attrs, overwrite)
+        buffer = open_import_output(out, attrs, overwrite)
         for name in names[buffer.n_episodes :]:
             demo = data[name]
             if first is not None and name == names[0]:
@@ -229,15 +229,24 @@ def check_import_complete(attrs: dict[str, Any], store: str | Path) -> None:
             )
 
 
-def _open_output(out: Path, attrs: dict[str, Any], overwrite: bool) -> ReplayBuffer:
+def open_import_output(
+    out: Path,
+    attrs: dict[str, Any],
+    overwrite: bool,
+    source_key: str = "robomimic_source",
+    source: str = "file",
+    unit: str = "demos",
+) -> ReplayBuffer:
+    """Create an import's store, or reopen it to resume an interrupted import of the same
+    source (``attrs[source_key]``); any other existing store is refused unless ``overwrite``."""
     if out.exists() and not overwrite:
         buffer = ReplayBuffer.open(out, "a")
-        if buffer.attrs.get("robomimic_source") != attrs["robomimic_source"]:
+        if buffer.attrs.get(source_key) != attrs[source_key]:
             raise FileExistsError(
-                f"{out} exists and is not an interrupted import of the same file; pass "
+                f"{out} exists and is not an interrupted import of the same {source}; pass "
                 "overwrite=True (command line: overwrite=true) to replace it"
             )
-        logger.info("resuming the import into %s after %d demos", out, buffer.n_episodes)
+        logger.info("resuming the import into %s after %d %s", out, buffer.n_episodes, unit)
         return buffer
     return ReplayBuffer.create(out, attrs, overwrite=overwrite)
 

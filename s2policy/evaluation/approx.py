@@ -31,11 +31,10 @@ import numpy as np
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.evaluation.probe import (
     ALPHAS,
-    _fit,
-    _predict,
     cache_matrix,
     encoder_config,
     episode_rows,
+    ridge_predict,
 )
 from s2policy.features.augment import AugmentConfig
 
@@ -71,16 +70,8 @@ def linear_r2(
         raise ValueError(f"too few frames: {len(x_train)} to fit on, {len(x_test)} held out")
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise ValueError("source and target features must hold the same frames")
-    mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
-    xtr, xte = (x_train - mu) / sd, (x_test - mu) / sd
-    cut = int(len(xtr) * 0.8)
-
-    def held_out(alpha: float) -> float:
-        w = _fit(xtr[:cut], y_train[:cut], alpha)
-        return explained_variance(y_train[cut:], _predict(w, xtr[cut:]))
-
-    best = max(alphas, key=held_out)
-    return explained_variance(y_test, _predict(_fit(xtr, y_train, best), xte)), best
+    pred, best = ridge_predict(x_train, y_train, x_test, explained_variance, alphas)
+    return explained_variance(y_test, pred), best
 
 
 def approximation(

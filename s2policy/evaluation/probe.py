@@ -48,21 +48,26 @@ def _predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.hstack([x, np.ones((len(x), 1))]) @ w
 
 
-def ridge_r2(x_train, y_train, x_test, y_test, alphas=ALPHAS) -> tuple[float, float]:
-    """Held-out R² of a ridge regression whose penalty is chosen on the last fifth of the
-    training rows; returns ``(r2, alpha)``. Features are standardized with training statistics."""
-    if len(x_train) < 5 or len(x_test) < 2:
-        raise ValueError(f"too few samples for a probe: {len(x_train)} train, {len(x_test)} test")
+def ridge_predict(x_train, y_train, x_test, score, alphas=ALPHAS) -> tuple[np.ndarray, float]:
+    """Predictions for ``x_test`` of a ridge regression fitted on the training rows, its penalty
+    chosen by ``score(y, pred)`` on the last fifth of them before the refit on all; returns
+    ``(pred, alpha)``. Features are standardized with training statistics."""
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
     xtr, xte = (x_train - mu) / sd, (x_test - mu) / sd
     cut = int(len(xtr) * 0.8)
     best = max(
         alphas,
-        key=lambda a: r2_score(
-            y_train[cut:], _predict(_fit(xtr[:cut], y_train[:cut], a), xtr[cut:])
-        ),
+        key=lambda a: score(y_train[cut:], _predict(_fit(xtr[:cut], y_train[:cut], a), xtr[cut:])),
     )
-    pred = _predict(_fit(xtr, y_train, best), xte)
+    return _predict(_fit(xtr, y_train, best), xte), best
+
+
+def ridge_r2(x_train, y_train, x_test, y_test, alphas=ALPHAS) -> tuple[float, float]:
+    """Held-out R² of a ridge regression whose penalty is chosen on the last fifth of the
+    training rows; returns ``(r2, alpha)``. Features are standardized with training statistics."""
+    if len(x_train) < 5 or len(x_test) < 2:
+        raise ValueError(f"too few samples for a probe: {len(x_train)} train, {len(x_test)} test")
+    pred, best = ridge_predict(x_train, y_train, x_test, r2_score, alphas)
     # R² is undefined where the held-out rows hardly vary (an object that never moves in the few
     # test episodes): 1 - ss_res / ~0 explodes. Score the dimensions that vary there.
     y2, p2 = y_test.reshape(len(y_test), -1), pred.reshape(len(pred), -1)
