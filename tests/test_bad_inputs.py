@@ -41,7 +41,7 @@ from s2policy.robot.run import check_robot
 from s2policy.robot.safety import SafetyConfig
 from s2policy.task import TaskConfig
 from s2policy.tracking import LoggerConfig
-from s2policy.training.config import TrainConfig
+from s2policy.training.config import RunConfig, TrainConfig
 from s2policy.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,6 +269,14 @@ CASES = [
     Case("training", "resuming with augmented views in the feature cache",
          lambda c: _train_with(c, resume=True, augment=AugmentConfig(views=2)),
          r"cannot resume .*train.augment.views: 0 -> 2", "run"),
+    Case("training", "an unknown `policy.spatial_head`",
+         lambda c: small_mlp(spatial_head="keypoint"),
+         r"unknown spatial_head 'keypoint'; known: attention, softmax"),
+    Case("training", "rollout selection on the evaluation's seeds",
+         lambda c: RunConfig(policy=small_mlp(), eval=EvalConfig(n_episodes=100),
+                             train=TrainConfig(select="rollout", select_seed=100_050)),
+         r"train.select=rollout would choose the weights on evaluation seeds "
+         r"\(<n>..<n>\); move train.select_seed away from eval.seed"),
     Case("training", "`train.augment.views=-1`", lambda c: AugmentConfig(views=-1),
          r"augment.views and augment.shift_px must be >= 0, got -1, 4"),
     Case("training", "resuming after a change of policy shape",

@@ -224,6 +224,27 @@ def evaluate(
             raise ValueError("no checkpoint to evaluate: pass checkpoint=<run dir>")
         trained = load(cfg.checkpoint, cfg.use_ema, device)
     check_checkpoint(cfg, trained)
+    out = Path(cfg.output_dir) if cfg.output_dir else trained.run_dir / "eval"
+    with ExitStack() as stack:
+        if tracker is None:
+            tracker = stack.enter_context(eval_tracker(cfg, trained))
+        out.mkdir(parents=True, exist_ok=True)
+        task, runner, episodes = play(cfg, trained, device, out, on_episode)
+        results = write_results(out, cfg, task, trained, runner, episodes, extra)
+        tracker.log_evaluation(results, trained.step)
+    return results
+
+
+def play(
+    cfg: EvalConfig,
+    trained: TrainedPolicy,
+    device,
+    out: Path,
+    on_episode: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[TaskConfig, PolicyRunner, list[dict[str, Any]]]:
+    """Play ``cfg``'s seed list with ``trained`` (its task, ``cfg``'s randomization and
+    execution); videos and records go to ``out``. Returns the task, the runner and the
+    per-episode records. Nothing else is written (training's rollout selection uses it)."""
     task = TaskConfig(**trained.task.to_dict())
     if cfg.randomization is not None:
         task.env.randomization = cfg.randomization
@@ -237,15 +258,7 @@ def evaluate(
         cfg.ensemble_decay,
         cfg.infer_when_remaining,
     )
-    out = Path(cfg.output_dir) if cfg.output_dir else trained.run_dir / "eval"
-    with ExitStack() as stack:
-        if tracker is None:
-            tracker = stack.enter_context(eval_tracker(cfg, trained))
-        out.mkdir(parents=True, exist_ok=True)
-        episodes = Rollouts(cfg, task, runner, out, on_episode).run(seeds)
-        results = write_results(out, cfg, task, trained, runner, episodes, extra)
-        tracker.log_evaluation(results, trained.step)
-    return results
+    return task, runner, Rollouts(cfg, task, runner, out, on_episode).run(seeds)
 
 
 def eval_tracker(cfg: EvalConfig, trained: TrainedPolicy) -> Tracker:

@@ -7,7 +7,9 @@ config, policy config and ``shape_meta``, normalizer statistics, encoder config 
 dtype, cache fingerprint, dataset, task, step) and ``training_state.pt`` (optimizer, scheduler,
 EMA, RNG states, step; read with ``torch.load(weights_only=True)``) for ``train.resume=true``.
 A checkpoint is written to ``checkpoint.new/`` and swapped in by renames, so a crash never
-leaves a mixture. Loading runs no code from the files (safetensors + JSON).
+leaves a mixture. ``<run>/best/`` (same files, no training state; ``policy.json`` adds
+``selection``) holds the weights a run selected with ``train.select=val_loss|rollout``.
+Loading runs no code from the files (safetensors + JSON).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from s2policy.task import TaskConfig
 
 FORMAT = "s2policy.policy"
 VERSION = 1
+#: The folder of the weights a run selected (``train.select``), beside ``checkpoint/``.
+BEST = "best"
 
 
 @dataclass(frozen=True)
@@ -132,10 +136,13 @@ def save(
     step: int,
     ema_state: dict[str, torch.Tensor] | None = None,
     training_state: dict[str, Any] | None = None,
+    name: str = "checkpoint",
+    selection: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``run_dir/checkpoint`` (see module docstring) and return its path."""
+    """Write ``run_dir/<name>`` (see module docstring; ``name`` is ``best`` for the weights a
+    run selected, which ``selection`` describes) and return its path."""
     run_dir = Path(run_dir)
-    final, new = run_dir / "checkpoint", run_dir / "checkpoint.new"
+    final, new = run_dir / name, run_dir / f"{name}.new"
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     save_file(_tensors(policy.state_dict()), str(new / "model.safetensors"))
@@ -158,6 +165,8 @@ def save(
         "encoder": encoder.to_dict() if encoder is not None else None,
         "step": step,
     }
+    if selection is not None:
+        info["selection"] = selection
     (new / "policy.json").write_text(json.dumps(info, indent=1, default=str))
     return swap_in(new, final)
 
@@ -167,12 +176,12 @@ def _complete(ckpt: Path) -> bool:
     return (ckpt / "policy.json").is_file() and (ckpt / "model.safetensors").is_file()
 
 
-def _whole(run_dir: Path) -> Path | None:
-    """The checkpoint of a run directory that is whole: ``checkpoint/``, else (a crash
-    interrupted a swap) ``checkpoint.new/``, else ``checkpoint.old/``; ``None`` when none is."""
-    for name in ("checkpoint", "checkpoint.new", "checkpoint.old"):
-        if _complete(run_dir / name):
-            return run_dir / name
+def _whole(run_dir: Path, name: str = "checkpoint") -> Path | None:
+    """The checkpoint ``name`` of a run directory that is whole: ``<name>/``, else (a crash
+    interrupted a swap) ``<name>.new/``, else ``<name>.old/``; ``None`` when none is."""
+    for folder in (name, f"{name}.new", f"{name}.old"):
+        if _complete(run_dir / folder):
+            return run_dir / folder
     return None
 
 
@@ -185,8 +194,8 @@ def checkpoint_dir(path: str | Path) -> Path:
         (path / name).is_dir() for name in ("checkpoint", "checkpoint.new", "checkpoint.old")
     ):
         path = path / "checkpoint"
-    if path.name == "checkpoint":
-        path = _whole(path.parent) or path
+    if path.name in ("checkpoint", BEST):
+        path = _whole(path.parent, path.name) or path
     if not _complete(path):
         raise FileNotFoundError(
             f"no policy checkpoint at {path} (expected policy.json + model.safetensors, written "

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from s2policy.data.normalizer import Normalizer
-from s2policy.policies.obs_encoder import ObsEncoder
+from s2policy.policies.obs_encoder import SPATIAL_HEADS, ObsEncoder
 
 #: name -> (config class, policy class); filled by :func:`register_policy`.
 POLICIES: dict[str, tuple[type, type]] = {}
@@ -35,6 +35,12 @@ class PolicyConfig:
     d_feature: int = 128
     #: Heads of the attention pooling of token-map features.
     pool_heads: int = 4
+    #: How token-map features (``encoder.pool=tokens``) are reduced: ``attention`` (a learnable
+    #: query over all tokens) or ``softmax`` (SpatialSoftmax keypoints on the grid + the prefix
+    #: tokens, as robomimic's visual core). Pooled features ignore it.
+    spatial_head: str = "attention"
+    #: Keypoints of ``spatial_head=softmax``.
+    keypoints: int = 32
     #: Standardize features with training-split statistics (else identity).
     normalize_features: bool = True
 
@@ -50,6 +56,12 @@ class PolicyConfig:
             )
         if self.d_feature < 1 or self.pool_heads < 1 or self.d_feature % self.pool_heads:
             raise ValueError("d_feature must be a positive multiple of pool_heads")
+        if self.spatial_head not in SPATIAL_HEADS:
+            raise ValueError(
+                f"unknown spatial_head {self.spatial_head!r}; known: {', '.join(SPATIAL_HEADS)}"
+            )
+        if self.keypoints < 1:
+            raise ValueError(f"keypoints must be >= 1, got {self.keypoints}")
 
     @property
     def action_start(self) -> int:
@@ -72,7 +84,8 @@ def register_policy(name: str, config_cls: type):
 class Policy(nn.Module):
     """Predicts action chunks from cached features + state; trained on normalized data.
 
-    ``shape_meta``: ``{"features": {cam: shape}, "state": (S,), "action": (A,)}``.
+    ``shape_meta``: ``{"features": {cam: shape}, "state": (S,), "action": (A,)}``, and for
+    token-map features ``"token_layouts": {cam: (prefix tokens, rows, cols)}``.
     """
 
     name: ClassVar[str]
@@ -89,6 +102,9 @@ class Policy(nn.Module):
             cfg.n_obs_steps,
             cfg.d_feature,
             cfg.pool_heads,
+            cfg.spatial_head,
+            cfg.keypoints,
+            {k: tuple(v) for k, v in shape_meta.get("token_layouts", {}).items()},
         )
 
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:

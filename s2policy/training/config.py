@@ -14,6 +14,9 @@ from s2policy.features.augment import AugmentConfig
 from s2policy.task import TaskConfig
 from s2policy.tracking import LoggerConfig
 
+#: ``train.select``: the last weights, or the best by validation loss or by rollouts.
+SELECT = ("last", "val_loss", "rollout")
+
 
 @dataclass
 class TrainConfig:
@@ -46,6 +49,13 @@ class TrainConfig:
     #: Feature-cache build options (used when the cache is missing).
     cache_batch_size: int = 64
     cache_chunk_steps: int = 256
+    #: Which weights the run's evaluation gets: ``last`` (the final step), ``val_loss`` (the
+    #: lowest validation loss) or ``rollout`` (the highest success rate on ``select_episodes``
+    #: episodes from seed ``select_seed``, disjoint from the evaluation's seeds), checked every
+    #: ``val_every`` steps and at the end; kept in ``<run>/best/`` (ties: the later step).
+    select: str = "last"
+    select_episodes: int = 20
+    select_seed: int = 900_000
     #: Augmented views cached per frame (``augment.views``); training draws one version of
     #: each sample's frames among the plain one and the views (s2policy.features.augment).
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -66,6 +76,14 @@ class TrainConfig:
             raise ValueError("train.lr must be > 0 and weight_decay, grad_clip, warmup_steps >= 0")
         if not 0 <= self.val_ratio < 1:
             raise ValueError(f"train.val_ratio must be in [0, 1), got {self.val_ratio}")
+        if self.select not in SELECT:
+            raise ValueError(f"unknown train.select {self.select!r}; known: {', '.join(SELECT)}")
+        if self.select == "val_loss" and self.val_ratio == 0:
+            raise ValueError(
+                "train.select=val_loss needs validation episodes (train.val_ratio > 0)"
+            )
+        if self.select_episodes < 1:
+            raise ValueError(f"train.select_episodes must be >= 1, got {self.select_episodes}")
 
 
 @dataclass
@@ -90,6 +108,17 @@ class RunConfig:
     run_tag: str = ""
     #: Run directory (hydra's output directory by default).
     output_dir: str = "outputs/run"
+
+    def __post_init__(self):
+        train = self.train
+        if train.select == "rollout" and isinstance(self.eval, EvalConfig):
+            chosen = set(range(train.select_seed, train.select_seed + train.select_episodes))
+            shared = sorted(chosen & set(self.eval.seed_list()))
+            if shared:
+                raise ValueError(
+                    f"train.select=rollout would choose the weights on evaluation seeds "
+                    f"({shared[0]}..{shared[-1]}); move train.select_seed away from eval.seed"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

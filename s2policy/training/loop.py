@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from s2policy.encoders.s2 import ORACLE, build_encoder
 from s2policy.features.cache import CacheInfo, build_cache, open_cache
 from s2policy.policies import make_policy
 from s2policy.policies.artifact import (
+    BEST,
     EncoderInfo,
     Provenance,
     TrainedPolicy,
@@ -29,10 +30,12 @@ from s2policy.policies.artifact import (
     save,
     training_state,
 )
+from s2policy.policies.base import Policy
 from s2policy.runtime import autocast, init_distributed, resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
 from s2policy.training.config import RunConfig, TrainConfig
 from s2policy.training.dataset import CachedFeatureData, WindowSpec
+from s2policy.training.select import Selector, in_memory
 from s2policy.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,15 @@ class PreparedData:
     encoder: EncoderInfo | None
     cache: CacheInfo | None
     dataset_episodes: int
+    #: ``(prefix tokens, rows, cols)`` of each camera's token map (``encoder.pool=tokens``).
+    token_layouts: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def shape_meta(self) -> dict[str, Any]:
+        meta = self.data.shape_meta
+        if self.token_layouts:
+            meta["token_layouts"] = self.token_layouts
+        return meta
 
     def provenance(self, cfg: RunConfig) -> Provenance:
         return Provenance(
@@ -104,7 +116,7 @@ def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> Prep
     check_import_complete(attrs, cfg.dataset)
     task = dataset_task(cfg, attrs)
     cameras = resolve_cameras(cfg, task, list(attrs.get("cameras", [])))
-    encoder_info, cache, extra = None, None, {}
+    encoder_info, cache, extra, layouts = None, None, {}, {}
     if cfg.encoder.is_oracle:
         keys = oracle_keys(store.keys())
         if not keys:
@@ -129,12 +141,15 @@ def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> Prep
         else:
             cache = open_cache(cfg.dataset, encoder, cameras, cache_dtype, cfg.train.augment)
         encoder_info = EncoderInfo(cfg.encoder, encoder.spec(), cache_dtype)
+        if cfg.encoder.pool == "tokens":
+            grid = encoder.token_grid(*task.env.image_size)
+            layouts = {cam: [encoder.num_prefix_tokens, *grid] for cam in cameras}
         del encoder
     windows = WindowSpec(cfg.policy.n_obs_steps, cfg.policy.horizon, cfg.policy.n_action_steps)
     data = CachedFeatureData(
         cfg.dataset, cache, cameras, windows, cfg.train.val_ratio, cfg.train.seed, device, extra
     )
-    return PreparedData(data, task, encoder_info, cache, store.n_episodes)
+    return PreparedData(data, task, encoder_info, cache, store.n_episodes, layouts)
 
 
 def fit_normalizer(data: CachedFeatureData, normalize_features: bool) -> Normalizer:
@@ -185,7 +200,7 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
         check_resume_encoder(cfg, prepared, resumed)
     data = prepared.data
     policy = make_policy(
-        cfg.policy, data.shape_meta, fit_normalizer(data, cfg.policy.normalize_features)
+        cfg.policy, prepared.shape_meta, fit_normalizer(data, cfg.policy.normalize_features)
     )
     policy.to(device)
     ema = None
@@ -216,28 +231,79 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
     provenance = prepared.provenance(cfg)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
 
+    def write(name: str = "checkpoint", state=None, selection=None) -> Path:
+        task, encoder, step, ema = (
+            prepared.task,
+            prepared.encoder,
+            trainer.step,
+            trainer.ema_weights(),
+        )
+        return save(out, policy, task, encoder, provenance, step, ema, state, name, selection)
+
+    selector = None
+    if tcfg.select != "last" and rank == 0:
+        selector = make_selector(cfg, prepared, policy, trainer, provenance, device, write)
+        if ckpt is not None:
+            selector.resume(training_state(ckpt).get("select"))
+
     def checkpoint() -> Path | None:
         if rank != 0:
             return None
         state = trainer.state()
         state.setdefault("ema", None)  # a policy's training state always names its EMA
-        task, encoder, step = prepared.task, prepared.encoder, trainer.step
-        return save(out, policy, task, encoder, provenance, step, trainer.ema_weights(), state)
+        if selector is not None:
+            state["select"] = selector.state()
+        return write(state=state)
 
     def validation() -> dict[str, float]:
-        return {"val_loss": validate(policy, data, tcfg.batch_size, device, dtype)}
+        record = {}
+        if data.n_windows("val"):
+            record["val_loss"] = validate(policy, data, tcfg.batch_size, device, dtype)
+        if selector is not None:
+            record.update(selector(trainer.step, record))
+        return record
 
     final = trainer.run(
         next_batch=lambda: data.sample(tcfg.batch_size, generators["data_rng"]),
         loss=lambda batch: model(batch, generator=generators["noise_rng"]),
         on_checkpoint=checkpoint,
         on_log=on_log,
-        validate=validation if data.n_windows("val") else None,
+        validate=validation if data.n_windows("val") or selector is not None else None,
         val_every=tcfg.val_every,
     )
     if world > 1:
         torch.distributed.barrier()
+    if final is not None and selector is not None:
+        final = out / BEST
     return TrainResult(final or out / "checkpoint", prepared.cache)
+
+
+def make_selector(cfg, prepared, policy, trainer, provenance, device, write) -> Selector:
+    """``train.select``'s :class:`Selector`: rollouts of an in-memory copy of the current
+    (EMA) weights with the run's evaluation settings; the best written by ``write``."""
+    from s2policy.policies.artifact import TrainedPolicy
+
+    out = Path(cfg.output_dir)
+
+    def candidate() -> TrainedPolicy:
+        def wrap(copy: Policy, used_ema: bool) -> TrainedPolicy:
+            return TrainedPolicy(
+                copy, prepared.task, prepared.encoder, provenance, trainer.step,
+                used_ema, used_ema, out / "checkpoint",
+            )  # fmt: skip
+
+        return in_memory(policy, trainer.ema_weights(), wrap)
+
+    return Selector(
+        cfg.train.select,
+        cfg.eval,
+        cfg.train.select_episodes,
+        cfg.train.select_seed,
+        device,
+        out / "select",
+        candidate,
+        lambda name, selection: write(name, selection=selection),
+    )
 
 
 #: Run-config fields that may change when a run resumes: the length of the run, where and how

@@ -229,6 +229,36 @@ def test_token_feature_policy_trains_and_pools_tokens_in_any_order(
     np.testing.assert_allclose(chunks, out[:, 1:5].numpy(), atol=2e-3)
 
 
+def test_spatial_softmax_policy_records_the_token_grid_and_runs_live(
+    demo_store, tmp_path, run_config
+):
+    """``policy.spatial_head=softmax`` on ``encoder.pool=tokens``: the run records each camera's
+    token layout (1 class token + the 4 x 4 grid of ``vit_nano`` at 32 px) in the checkpoint,
+    the loss falls, the loaded policy rebuilds its heads from it, and the runner's live features
+    give the same actions as the cached ones."""
+    policy = small_mlp(d_feature=16, spatial_head="softmax", keypoints=8)
+    cfg = run_config(
+        demo_store, tmp_path, policy, TOKENS, steps=30, lr=3e-3, val_ratio=0.0, log_every=5
+    )
+    result = fit(cfg)
+    curve = losses(tmp_path)
+    assert np.isfinite(curve).all() and curve[-1] < curve[0], curve
+    info = read_info(result.checkpoint)
+    assert info["shape_meta"]["token_layouts"] == {"front": [1, 4, 4], "wrist": [1, 4, 4]}
+    trained = load(result.checkpoint)
+    assert type(trained.policy.obs_encoder.heads["front"]).__name__ == "SpatialSoftmax"
+    windows = WindowSpec(policy.n_obs_steps, policy.horizon, policy.n_action_steps)
+    data = CachedFeatureData(cfg.dataset, result.cache, trained.cameras, windows, val_ratio=0.0)
+    obs = data.batch("train", torch.tensor([10]))["obs"]
+    out = trained.policy.predict_action(obs)
+    buffer = ReplayBuffer.open(demo_store)
+    runner = PolicyRunner(trained, n_envs=1)
+    runner.reset([0])
+    history = [{k: buffer[k][s] for k in ("front", "wrist", "state")} for s in (9, 10)]
+    chunk = runner.predict([history], [0])[0]
+    np.testing.assert_allclose(chunk, out[0, 1:5].numpy(), atol=2e-3)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_low_precision_cache_and_autocast_training_on_cpu(
     demo_store, tmp_path, run_config, monkeypatch, dtype
