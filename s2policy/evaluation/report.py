@@ -94,14 +94,20 @@ def execution_label(result: dict[str, Any]) -> str:
 
 
 def recipe_label(result: dict[str, Any]) -> str:
-    """What else makes a run's configuration: a non-default pooling and the augmented views it
-    trained on (image encoders only), and its execution (:func:`execution_label`)."""
+    """What else makes a run's configuration: a non-default pooling (and the spatial head of a
+    token map: ``pool tokens softmax``) and the augmented views it trained on (image encoders
+    only), a checkpoint selection (``select rollout``), and its execution
+    (:func:`execution_label`)."""
     parts = []
     if result["encoder"]["backbone"] not in (BLIND, ORACLE):
-        if result["encoder"].get("pool", RECIPE_DEFAULT_POOL) != RECIPE_DEFAULT_POOL:
-            parts.append(f"pool {result['encoder']['pool']}")
+        pool = result["encoder"].get("pool", RECIPE_DEFAULT_POOL)
+        if pool != RECIPE_DEFAULT_POOL:
+            head = result.get("spatial_head", "attention") if pool == "tokens" else "attention"
+            parts.append(f"pool {pool}" + (f" {head}" if head != "attention" else ""))
         if result.get("augment_views"):
             parts.append(f"aug {result['augment_views']}")
+    if result.get("select", "last") != "last":
+        parts.append(f"select {result['select']}")
     return ", ".join([*parts, execution_label(result)])
 
 

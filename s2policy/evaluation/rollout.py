@@ -314,6 +314,10 @@ def write_results(
         "augment_views": int(
             trained.provenance.config.get("train", {}).get("augment", {}).get("views", 0)
         ),
+        # How token maps were reduced (``policy.spatial_head``) and which weights were chosen
+        # (``train.select``: ``last`` or the best by ``val_loss``/``rollout``).
+        "spatial_head": getattr(trained.policy.cfg, "spatial_head", "attention"),
+        "select": trained.provenance.config.get("train", {}).get("select", "last"),
         "eval": {
             "seeds": [e["seed"] for e in episodes],
             "n_envs": cfg.n_envs,

@@ -82,11 +82,11 @@ def test_report_normalizes_between_blind_and_oracle():
 
 
 def test_recipes_stay_apart_and_normalize_within_their_execution():
-    def run(backbone, successes, n_action_steps, views=0, pool="cls", seed=0):
+    def run(backbone, successes, n_action_steps, views=0, pool="cls", seed=0, **more):
         r = _result(backbone, successes) | {"train_seed": seed}
         r["encoder"]["pool"] = pool
         r["eval"] = {"n_action_steps": n_action_steps, "ensemble_decay": None}
-        return r | {"augment_views": views}
+        return r | {"augment_views": views} | more
 
     rows = build_rows(
         [
@@ -94,6 +94,9 @@ def test_recipes_stay_apart_and_normalize_within_their_execution():
             run("none", 10, 1), run("oracle", 100, 1), run("vit_micro", 60, 1),
             run("vit_micro", 73, 1, views=4), run("vit_micro", 37, 1, pool="tokens"),
             run("oracle", 100, 1, views=4, seed=1),  # no images: the views do not apply to it
+            run("vit_micro", 69, 1, pool="tokens", spatial_head="softmax"),
+            run("vit_micro", 71, 1, pool="tokens", spatial_head="softmax", select="rollout"),
+            run("vit_micro", 60, 1, spatial_head="softmax"),  # pooled: the head does not apply
         ]
     )  # fmt: skip
     by = {(r["backbone"], r["recipe"]): r for r in rows}
@@ -101,6 +104,10 @@ def test_recipes_stay_apart_and_normalize_within_their_execution():
     assert by[("vit_micro", "exec 1")]["normalized"] == pytest.approx(50 / 90)
     assert by[("vit_micro", "aug 4, exec 1")]["normalized"] == pytest.approx(63 / 90)
     assert by[("vit_micro", "pool tokens, exec 1")]["success"] == pytest.approx(0.37)
+    assert by[("vit_micro", "pool tokens softmax, exec 1")]["success"] == pytest.approx(0.69)
+    selected = by[("vit_micro", "pool tokens softmax, select rollout, exec 1")]
+    assert selected["normalized"] == pytest.approx(61 / 90)  # blind/oracle of its execution
+    assert by[("vit_micro", "exec 1")]["episodes"] == 200  # the pooled run joins its recipe
     oracle = by[("oracle (privileged state)", "exec 1")]
     assert oracle["episodes"] == 200 and oracle["seeds"] == 2
-    assert len(rows) == 8
+    assert len(rows) == 10
