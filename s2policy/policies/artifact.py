@@ -228,7 +228,8 @@ def load(
             f"checkpoint {ckpt} holds unknown policy {name!r}; known: {list(POLICIES)}"
         )
     config_cls, _ = POLICIES[name]
-    cfg = config_cls(**info["policy"])
+    # checkpoints written before the spatial head was a choice pooled token maps by attention
+    cfg = config_cls(**{"spatial_head": "attention", **info["policy"]})
     policy = make_policy(cfg, info["shape_meta"], Normalizer.from_state(info["normalizer"]))
     has_ema = bool(info.get("has_ema"))
     weights = ckpt / ("ema.safetensors" if use_ema and has_ema else "model.safetensors")

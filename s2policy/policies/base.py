@@ -35,10 +35,11 @@ class PolicyConfig:
     d_feature: int = 128
     #: Heads of the attention pooling of token-map features.
     pool_heads: int = 4
-    #: How token-map features (``encoder.pool=tokens``) are reduced: ``attention`` (a learnable
-    #: query over all tokens) or ``softmax`` (SpatialSoftmax keypoints on the grid + the prefix
-    #: tokens, as robomimic's visual core). Pooled features ignore it.
-    spatial_head: str = "attention"
+    #: How token-map features (``encoder.pool=tokens``) are reduced: ``softmax`` (SpatialSoftmax
+    #: keypoints on the grid + the prefix tokens, as robomimic's visual core; measured best,
+    #: README) or ``attention`` (a learnable query over all tokens; what checkpoints written
+    #: before this field used). Pooled features ignore it.
+    spatial_head: str = "softmax"
     #: Keypoints of ``spatial_head=softmax``.
     keypoints: int = 32
     #: Standardize features with training-split statistics (else identity).

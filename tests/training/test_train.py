@@ -191,7 +191,7 @@ def test_token_feature_policy_trains_and_pools_tokens_in_any_order(
     """``encoder.pool=tokens``: each camera's ``(N, C)`` token map is reduced by attention
     pooling, which has no positional term (the ViT put the positions into the tokens): the
     tokens' order does not matter, their content does; the runner predicts from live tokens."""
-    policy = small_mlp(d_feature=16, pool_heads=4)
+    policy = small_mlp(d_feature=16, pool_heads=4, spatial_head="attention")
     cfg = run_config(
         demo_store, tmp_path, policy, TOKENS, steps=30, lr=3e-3, val_ratio=0.0, log_every=5
     )
@@ -200,6 +200,12 @@ def test_token_feature_policy_trains_and_pools_tokens_in_any_order(
     assert np.isfinite(curve).all() and curve[-1] < curve[0], curve
     trained = load(result.checkpoint)
     assert trained.shape_meta["features"] == {"front": [17, 96], "wrist": [17, 96]}
+    # a checkpoint written before policy.spatial_head existed loads with attention pooling
+    info = json.loads((result.checkpoint / "policy.json").read_text())
+    del info["policy"]["spatial_head"]
+    (result.checkpoint / "policy.json").write_text(json.dumps(info))
+    trained = load(result.checkpoint)
+    assert trained.policy.cfg.spatial_head == "attention"
     windows = WindowSpec(policy.n_obs_steps, policy.horizon, policy.n_action_steps)
     data = CachedFeatureData(cfg.dataset, result.cache, trained.cameras, windows, val_ratio=0.0)
     steps = torch.tensor([0, 20, 40, 60])  # rows are steps (every episode trains)
