@@ -33,7 +33,7 @@ from s2policy.evaluation.config import EvalConfig
 from s2policy.evaluation.records import RECORDS, Recorder
 from s2policy.evaluation.stats import success_rate
 from s2policy.evaluation.video import write_episode_video
-from s2policy.policies.artifact import TrainedPolicy, load
+from s2policy.policies.artifact import BEST, TrainedPolicy, load
 from s2policy.policies.runner import PolicyRunner
 from s2policy.runtime import resolve_device
 from s2policy.task import TaskConfig
@@ -317,7 +317,11 @@ def write_results(
         # How token maps were reduced (``policy.spatial_head``) and which weights were chosen
         # (``train.select``: ``last`` or the best by ``val_loss``/``rollout``).
         "spatial_head": getattr(trained.policy.cfg, "spatial_head", "attention"),
-        "select": trained.provenance.config.get("train", {}).get("select", "last"),
+        "select": (
+            trained.provenance.config.get("train", {}).get("select", "last")
+            if trained.path.name == BEST  # the run's last weights were not selected
+            else "last"
+        ),
         "eval": {
             "seeds": [e["seed"] for e in episodes],
             "n_envs": cfg.n_envs,

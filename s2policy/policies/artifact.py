@@ -176,7 +176,7 @@ def _complete(ckpt: Path) -> bool:
     return (ckpt / "policy.json").is_file() and (ckpt / "model.safetensors").is_file()
 
 
-def _whole(run_dir: Path, name: str = "checkpoint") -> Path | None:
+def whole_checkpoint(run_dir: Path, name: str = "checkpoint") -> Path | None:
     """The checkpoint ``name`` of a run directory that is whole: ``<name>/``, else (a crash
     interrupted a swap) ``<name>.new/``, else ``<name>.old/``; ``None`` when none is."""
     for folder in (name, f"{name}.new", f"{name}.old"):
@@ -195,7 +195,7 @@ def checkpoint_dir(path: str | Path) -> Path:
     ):
         path = path / "checkpoint"
     if path.name in ("checkpoint", BEST):
-        path = _whole(path.parent, path.name) or path
+        path = whole_checkpoint(path.parent, path.name) or path
     if not _complete(path):
         raise FileNotFoundError(
             f"no policy checkpoint at {path} (expected policy.json + model.safetensors, written "
@@ -277,7 +277,7 @@ def recover(run_dir: str | Path) -> Path | None:
     renamed to ``checkpoint``) before a run resumes; returns the checkpoint, or ``None`` when the
     run has none. Nothing is deleted."""
     run_dir = Path(run_dir)
-    final, whole = run_dir / "checkpoint", _whole(run_dir)
+    final, whole = run_dir / "checkpoint", whole_checkpoint(run_dir)
     if whole is None or whole == final:
         return whole
     if final.exists():  # an incomplete directory in the way: keep it aside

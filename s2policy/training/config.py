@@ -53,6 +53,8 @@ class TrainConfig:
     #: lowest validation loss) or ``rollout`` (the highest success rate on ``select_episodes``
     #: episodes from seed ``select_seed``, disjoint from the evaluation's seeds), checked every
     #: ``val_every`` steps and at the end; kept in ``<run>/best/`` (ties: the later step).
+    #: ``val_loss`` ranks the raw weights; rollouts run the weights evaluation would (EMA ones
+    #: when the policy keeps them and ``eval.use_ema``).
     select: str = "last"
     select_episodes: int = 20
     select_seed: int = 900_000

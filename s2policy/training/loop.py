@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from s2policy.policies.artifact import (
     recover,
     save,
     training_state,
+    whole_checkpoint,
 )
 from s2policy.policies.base import Policy
 from s2policy.runtime import autocast, init_distributed, resolve_device, resolve_dtype
@@ -255,6 +257,13 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
             state["select"] = selector.state()
         return write(state=state)
 
+    if tcfg.select == "val_loss" and not data.n_windows("val"):
+        raise ValueError(
+            f"train.select=val_loss needs validation windows, but train.val_ratio="
+            f"{tcfg.val_ratio} leaves none of {cfg.dataset}'s episodes for validation; raise it "
+            "or use train.select=rollout"
+        )
+
     def validation() -> dict[str, float]:
         record = {}
         if data.n_windows("val"):
@@ -274,7 +283,10 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
     if world > 1:
         torch.distributed.barrier()
     if final is not None and selector is not None:
-        final = out / BEST
+        best = whole_checkpoint(out, BEST)
+        if best is None:  # only a crash between runs can leave none: evaluate the last
+            logger.warning("%s has no whole %s/; evaluating %s", out, BEST, final)
+        final = best or final
     return TrainResult(final or out / "checkpoint", prepared.cache)
 
 
@@ -292,7 +304,7 @@ def make_selector(cfg, prepared, policy, trainer, provenance, device, write) -> 
                 used_ema, used_ema, out / "checkpoint",
             )  # fmt: skip
 
-        return in_memory(policy, trainer.ema_weights(), wrap)
+        return in_memory(policy, trainer.ema_weights() if cfg.eval.use_ema else None, wrap)
 
     return Selector(
         cfg.train.select,
@@ -347,6 +359,9 @@ def refuse_overwrite(cfg: RunConfig, out: Path) -> None:
             "train.resume=true, replace it with train.overwrite=true, or train into another "
             "run directory (run_tag=... or output_dir=...)"
         )
+    if held:  # replaced on request: the weights the old run selected go with it
+        for old in out.glob(f"{BEST}*"):
+            shutil.rmtree(old)
 
 
 def check_resume_config(cfg: RunConfig, trained: TrainedPolicy) -> None:
@@ -358,6 +373,12 @@ def check_resume_config(cfg: RunConfig, trained: TrainedPolicy) -> None:
     defaults = _flatten(json.loads(json.dumps({"train": asdict(TrainConfig())}, default=str)))
     for k, v in defaults.items():
         before.setdefault(k, v)
+    if "policy.name" in before:  # policy fields added since: what such checkpoints used
+        before.setdefault("policy.spatial_head", "attention")
+        before.setdefault("policy.keypoints", 32)
+    if all(len(shape) == 1 for shape in trained.shape_meta["features"].values()):
+        for k in ("policy.spatial_head", "policy.keypoints"):  # no token map: no spatial head
+            before.pop(k, None), now.pop(k, None)
     diff = [
         f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
         for k in sorted(set(before) | set(now))

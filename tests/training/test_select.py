@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from s2policy.evaluation import rollout
 from s2policy.evaluation.config import EvalConfig
 from s2policy.evaluation.rollout import evaluate
 from s2policy.policies.artifact import load, read_info
@@ -48,16 +49,25 @@ def test_val_loss_selection_keeps_the_lowest_validation_loss(demo_store, tmp_pat
 
 
 def test_rollout_selection_scores_disjoint_seeds_and_leaves_training_unchanged(
-    demo_store, tmp_path, run_config
+    demo_store, tmp_path, run_config, monkeypatch
 ):
     """``select=rollout`` plays ``select_episodes`` episodes from ``select_seed`` at each
     validation with the run's evaluation settings, logs their success rate and keeps the best
     weights; training itself is untouched (its last weights equal a run without selection), and
     the evaluation of ``best/`` runs on its own seeds."""
     eval_cfg = EvalConfig(n_episodes=2, n_envs=2, max_episode_steps=6, n_videos=0)
-    plain = run_config(demo_store, tmp_path / "plain", small_mlp(), BLIND, steps=20, val_every=10)
+    # dropout draws from the global torch RNG: rollouts must not move it
+    policy = small_mlp(dropout=0.3)
+    plain = run_config(demo_store, tmp_path / "plain", policy, BLIND, steps=20, val_every=10)
     plain = dataclasses.replace(plain, eval=eval_cfg)
     fit(plain)
+    play = rollout.play
+
+    def drawing_play(*args, **kw):  # a rollout that draws from the global RNG (any sampler)
+        torch.rand(3)
+        return play(*args, **kw)
+
+    monkeypatch.setattr(rollout, "play", drawing_play)
     train = dataclasses.replace(plain.train, select="rollout", select_episodes=3, select_seed=7)
     cfg = dataclasses.replace(plain, train=train, output_dir=str(tmp_path / "sel"))
     result = fit(cfg)
@@ -78,7 +88,9 @@ def test_rollout_selection_scores_disjoint_seeds_and_leaves_training_unchanged(
 
     results = evaluate(dataclasses.replace(eval_cfg, checkpoint=str(result.checkpoint)))
     assert results["eval"]["seeds"] == [100_000, 100_001]
-    assert results["checkpoint"].endswith("best")
+    assert results["checkpoint"].endswith("best") and results["select"] == "rollout"
+    last = evaluate(dataclasses.replace(eval_cfg, checkpoint=str(tmp_path / "sel")))
+    assert last["checkpoint"].endswith("checkpoint") and last["select"] == "last"
 
 
 def test_selection_resumes_with_its_best_score(demo_store, tmp_path, run_config):
@@ -111,3 +123,39 @@ def test_bad_selection_settings_are_refused_in_one_sentence():
             train=TrainConfig(select="rollout", select_seed=100_010),
             eval=EvalConfig(n_episodes=100),
         )
+
+
+def test_val_loss_selection_without_validation_windows_fails_in_one_sentence(
+    demo_store, tmp_path, run_config
+):
+    """A val_ratio that rounds to no validation episode (6 episodes x 0.05) is refused before
+    training instead of failing at the first validation."""
+    cfg = run_config(demo_store, tmp_path, small_mlp(), BLIND, val_ratio=0.05, select="val_loss")
+    with pytest.raises(ValueError, match="select=val_loss needs validation windows"):
+        fit(cfg)
+
+
+def test_overwrite_drops_the_replaced_runs_best_weights(demo_store, tmp_path, run_config):
+    cfg = run_config(
+        demo_store, tmp_path, small_mlp(), BLIND, steps=20, val_ratio=0.34, select="val_loss"
+    )
+    fit(cfg)
+    assert (tmp_path / "best").is_dir()
+    again = dataclasses.replace(cfg.train, select="last", overwrite=True)
+    assert fit(dataclasses.replace(cfg, train=again)).checkpoint == tmp_path / "checkpoint"
+    assert not (tmp_path / "best").exists()
+
+
+def test_runs_from_before_the_spatial_head_field_still_resume(demo_store, tmp_path, run_config):
+    """A checkpoint whose recorded config has no policy.spatial_head/keypoints (written before
+    they existed) resumes with today's config: without token maps the head does not apply."""
+    cfg = run_config(demo_store, tmp_path, small_mlp(), BLIND, steps=20)
+    fit(cfg)
+    path = tmp_path / "checkpoint" / "policy.json"
+    info = json.loads(path.read_text())
+    for key in ("spatial_head", "keypoints"):
+        del info["config"]["policy"][key], info["policy"][key]
+    path.write_text(json.dumps(info))
+    longer = dataclasses.replace(cfg.train, steps=30, resume=True)
+    fit(dataclasses.replace(cfg, train=longer))
+    assert read_info(tmp_path / "checkpoint")["step"] == 30
