@@ -35,6 +35,9 @@ FORMAT = "s2policy.policy"
 VERSION = 1
 #: The folder of the weights a run selected (``train.select``), beside ``checkpoint/``.
 BEST = "best"
+#: Policy fields added after checkpoints were first written, at the values those used (token
+#: maps were pooled by attention before the spatial head was a choice).
+LEGACY_POLICY = {"spatial_head": "attention", "keypoints": 32}
 
 
 @dataclass(frozen=True)
@@ -228,8 +231,7 @@ def load(
             f"checkpoint {ckpt} holds unknown policy {name!r}; known: {list(POLICIES)}"
         )
     config_cls, _ = POLICIES[name]
-    # checkpoints written before the spatial head was a choice pooled token maps by attention
-    cfg = config_cls(**{"spatial_head": "attention", **info["policy"]})
+    cfg = config_cls(**{**LEGACY_POLICY, **info["policy"]})
     policy = make_policy(cfg, info["shape_meta"], Normalizer.from_state(info["normalizer"]))
     has_ema = bool(info.get("has_ema"))
     weights = ckpt / ("ema.safetensors" if use_ema and has_ema else "model.safetensors")

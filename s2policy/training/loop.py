@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -23,6 +24,7 @@ from s2policy.features.cache import CacheInfo, build_cache, open_cache
 from s2policy.policies import make_policy
 from s2policy.policies.artifact import (
     BEST,
+    LEGACY_POLICY,
     EncoderInfo,
     Provenance,
     TrainedPolicy,
@@ -32,12 +34,11 @@ from s2policy.policies.artifact import (
     training_state,
     whole_checkpoint,
 )
-from s2policy.policies.base import Policy
 from s2policy.runtime import autocast, init_distributed, resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
 from s2policy.training.config import RunConfig, TrainConfig
 from s2policy.training.dataset import CachedFeatureData, WindowSpec
-from s2policy.training.select import Selector, in_memory
+from s2policy.training.select import Selector
 from s2policy.training.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -234,13 +235,10 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=str))
 
     def write(name: str = "checkpoint", state=None, selection=None) -> Path:
-        task, encoder, step, ema = (
-            prepared.task,
-            prepared.encoder,
-            trainer.step,
-            trainer.ema_weights(),
+        task, encoder, ema = prepared.task, prepared.encoder, trainer.ema_weights()
+        return save(
+            out, policy, task, encoder, provenance, trainer.step, ema, state, name, selection
         )
-        return save(out, policy, task, encoder, provenance, step, ema, state, name, selection)
 
     selector = None
     if tcfg.select != "last" and rank == 0:
@@ -292,19 +290,20 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
 
 def make_selector(cfg, prepared, policy, trainer, provenance, device, write) -> Selector:
     """``train.select``'s :class:`Selector`: rollouts of an in-memory copy of the current
-    (EMA) weights with the run's evaluation settings; the best written by ``write``."""
-    from s2policy.policies.artifact import TrainedPolicy
-
+    weights (the EMA ones when evaluation would use them) with the run's evaluation settings;
+    training's module is untouched; the best is written by ``write``."""
     out = Path(cfg.output_dir)
 
     def candidate() -> TrainedPolicy:
-        def wrap(copy: Policy, used_ema: bool) -> TrainedPolicy:
-            return TrainedPolicy(
-                copy, prepared.task, prepared.encoder, provenance, trainer.step,
-                used_ema, used_ema, out / "checkpoint",
-            )  # fmt: skip
-
-        return in_memory(policy, trainer.ema_weights() if cfg.eval.use_ema else None, wrap)
+        copied = copy.deepcopy(policy)
+        ema = trainer.ema_weights() if cfg.eval.use_ema else None
+        if ema is not None:
+            copied.load_state_dict(ema)
+        used = ema is not None
+        return TrainedPolicy(
+            copied.eval(), prepared.task, prepared.encoder, provenance, trainer.step,
+            used, used, out / "checkpoint",
+        )  # fmt: skip
 
     return Selector(
         cfg.train.select,
@@ -374,8 +373,8 @@ def check_resume_config(cfg: RunConfig, trained: TrainedPolicy) -> None:
     for k, v in defaults.items():
         before.setdefault(k, v)
     if "policy.name" in before:  # policy fields added since: what such checkpoints used
-        before.setdefault("policy.spatial_head", "attention")
-        before.setdefault("policy.keypoints", 32)
+        for k, v in LEGACY_POLICY.items():
+            before.setdefault(f"policy.{k}", v)
     if all(len(shape) == 1 for shape in trained.shape_meta["features"].values()):
         for k in ("policy.spatial_head", "policy.keypoints"):  # no token map: no spatial head
             before.pop(k, None), now.pop(k, None)

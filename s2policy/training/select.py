@@ -11,7 +11,6 @@ it selects.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -21,7 +20,6 @@ from typing import Any
 import torch
 
 from s2policy.policies.artifact import BEST, TrainedPolicy
-from s2policy.policies.base import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -83,19 +81,6 @@ class Selector:
 
     def resume(self, state: dict[str, Any] | None) -> None:
         self.best = dict(state) if state else None
-
-
-def in_memory(
-    policy: Policy,
-    ema_weights: dict[str, torch.Tensor] | None,
-    make: Callable[[Policy, bool], TrainedPolicy],
-) -> TrainedPolicy:
-    """A copy of ``policy`` (with ``ema_weights`` loaded, when given) in eval mode, wrapped as
-    a :class:`TrainedPolicy` by ``make(policy, used_ema)``; training's module is untouched."""
-    copied = copy.deepcopy(policy)
-    if ema_weights is not None:
-        copied.load_state_dict(ema_weights)
-    return make(copied.eval(), ema_weights is not None)
 
 
 def _cuda(device: torch.device) -> list[int]:

@@ -185,6 +185,16 @@ def test_blind_policy_needs_no_cache(demo_store, tmp_path, run_config):
 TOKENS = EncoderConfig(backbone="vit_nano", scales=(32, 64), pool="tokens")
 
 
+def fit_on_tokens(demo_store, out, run_config, policy):
+    """Train ``policy`` 30 steps on ``TOKENS`` features; the loss must fall. Returns the config
+    and the result."""
+    cfg = run_config(demo_store, out, policy, TOKENS, steps=30, lr=3e-3, val_ratio=0.0, log_every=5)
+    result = fit(cfg)
+    curve = losses(out)
+    assert np.isfinite(curve).all() and curve[-1] < curve[0], curve
+    return cfg, result
+
+
 def test_token_feature_policy_trains_and_pools_tokens_in_any_order(
     demo_store, tmp_path, run_config
 ):
@@ -192,12 +202,7 @@ def test_token_feature_policy_trains_and_pools_tokens_in_any_order(
     pooling, which has no positional term (the ViT put the positions into the tokens): the
     tokens' order does not matter, their content does; the runner predicts from live tokens."""
     policy = small_mlp(d_feature=16, pool_heads=4, spatial_head="attention")
-    cfg = run_config(
-        demo_store, tmp_path, policy, TOKENS, steps=30, lr=3e-3, val_ratio=0.0, log_every=5
-    )
-    result = fit(cfg)
-    curve = losses(tmp_path)
-    assert np.isfinite(curve).all() and curve[-1] < curve[0], curve
+    cfg, result = fit_on_tokens(demo_store, tmp_path, run_config, policy)
     trained = load(result.checkpoint)
     assert trained.shape_meta["features"] == {"front": [17, 96], "wrist": [17, 96]}
     # a checkpoint written before policy.spatial_head existed loads with attention pooling
@@ -243,12 +248,7 @@ def test_spatial_softmax_policy_records_the_token_grid_and_runs_live(
     the loss falls, the loaded policy rebuilds its heads from it, and the runner's live features
     give the same actions as the cached ones."""
     policy = small_mlp(d_feature=16, spatial_head="softmax", keypoints=8)
-    cfg = run_config(
-        demo_store, tmp_path, policy, TOKENS, steps=30, lr=3e-3, val_ratio=0.0, log_every=5
-    )
-    result = fit(cfg)
-    curve = losses(tmp_path)
-    assert np.isfinite(curve).all() and curve[-1] < curve[0], curve
+    cfg, result = fit_on_tokens(demo_store, tmp_path, run_config, policy)
     info = read_info(result.checkpoint)
     assert info["shape_meta"]["token_layouts"] == {"front": [1, 4, 4], "wrist": [1, 4, 4]}
     trained = load(result.checkpoint)
