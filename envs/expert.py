@@ -192,29 +192,16 @@ class PlaceExpert(GraspExpert):
 
 class PushExpert(ScriptedExpert):
     """Push ``info["<obj>_pos"]`` towards ``info["goal_pos"]`` with closed fingers: hover behind
-    the object on the line to the goal, descend, push along the line (steering back onto it).
-    When the object reaches the goal, passes it, or leaves the line, draw back along the push
-    (the fingers let go: at the goal that ends the episode), then realign behind the object at
-    pushing height — or, where that path would sweep through the object, back off over it and
-    approach again.
-
-    Version 2: version 1 backed off upwards whenever the object left the line, which happens in
-    most episodes near the goal (the line swings as the object nears it), and ended only when such
-    a back-off let go inside the circle. A policy stepping one action at a time could not tell
-    rising from descending over the same spot and hovered there until the time limit; now the
-    fingers stay on the table after the first descent unless they would sweep through the
-    object."""
+    the object on the line to the goal, descend, push along the line (steering back onto it),
+    and back off to re-approach when the object left the line."""
 
     obj = "cube"
-    version = 2
     hover_m = 0.08
     push_z_m = 0.01  # fingertip height while pushing
     finger_half_m = 0.012  # half extent of the closed finger block along the push
     clearance_m = 0.012
     push_speed = 0.5  # fraction of the largest step while pushing
     lateral_tol_m = 0.015
-    release_m = 0.015  # object centre this close to the goal's: stop pushing, draw back
-    retreat_m = 0.03  # how far the fingers draw back along the push to let go
 
     def _line(self, info) -> tuple[np.ndarray, np.ndarray, float]:
         obj = np.asarray(info[f"{self.obj}_pos"], np.float64)
@@ -246,37 +233,16 @@ class PushExpert(ScriptedExpert):
 
     def _push(self, ee, info):
         obj, d, _ = self._line(info)
-        to_goal = np.asarray(info["goal_pos"], np.float64)[:2] - obj[:2]
         rel = obj[:2] - ee[:2]
         along, lateral = rel @ d, rel @ np.array([-d[1], d[0]])
-        there = np.hypot(*to_goal) < self.release_m
-        if there or abs(lateral) > self.lateral_tol_m or along < 0:  # (past the goal: along < 0)
-            xy = ee[:2] - d * self.retreat_m  # draw back along the push: the fingers let go
-            self.phase, self._hold = "release", np.array([xy[0], xy[1], self.push_z_m, ee[3]])
-            return self._hold, 1.0
+        if abs(lateral) > self.lateral_tol_m or along < 0:
+            self.phase, self._hold = "back_off", ee.copy()
+            return ee, 1.0
         step = self.push_speed * self.config.max_step_m
         xy = ee[:2] + d * step + np.array([-d[1], d[0]]) * lateral
         return np.array([xy[0], xy[1], self.push_z_m, ee[3]]), 1.0
 
-    def _release(self, ee, info):
-        if np.hypot(*(self._hold[:2] - ee[:2])) < self.xy_tol_m:  # drawn back, not done yet
-            obj, d, reach = self._line(info)
-            if (obj[:2] - ee[:2]) @ d > reach:  # behind the object: realign on the table
-                self.phase = "realign"
-            else:  # the fingers would sweep through the object: over it instead
-                self.phase, self._hold = "back_off", ee.copy()
-        return self._hold, 1.0
-
-    def _realign(self, ee, info):
-        """Back behind the object on its line to the goal, at pushing height."""
-        goal = self._start(info)
-        err = goal - ee
-        if np.hypot(*err[:2]) < self.xy_tol_m and abs(err[3]) < 2 * self.yaw_tol_rad:
-            self.phase = "push"
-        return goal, 1.0
-
     def _back_off(self, ee, info):
-        """Up to hovering height, then the approach again."""
         goal = np.array([*self._hold[:2], self.push_z_m + self.hover_m, self._hold[3]])
         if ee[2] > goal[2] - 3 * self.z_tol_m:
             self.phase = "approach"
