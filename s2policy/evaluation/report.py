@@ -47,6 +47,9 @@ FLOOR_KEYS = ("task", "dataset", "demos", "policy", "execution", "randomization"
 #: The row's recipe beside the encoder and policy: ``exec 8`` (actions executed per chunk),
 #: ``ens 0.1`` (temporal ensembling), ``aug 4`` (augmented views), ``pool tokens``.
 RECIPE_DEFAULT_POOL = "cls"
+#: The prediction horizon of runs whose results do not record one (they all used 16); any
+#: other horizon is part of the recipe (``horizon 2``).
+RECIPE_DEFAULT_HORIZON = 16
 BLIND_LABEL, ORACLE_LABEL = "blind (state only)", "oracle (privileged state)"
 #: What identifies a configuration across tasks (the summary's rows).
 CONFIG_KEYS = ("demos", "backbone", "scales", "weights", "policy", "recipe", "randomization")
@@ -78,10 +81,14 @@ def randomization_label(result: dict[str, Any]) -> str:
 
 
 def execution_label(result: dict[str, Any]) -> str:
-    """How a run's chunks were executed (evaluation settings): ``exec 1``, ``exec 4, ens 0.1``,
-    and for a diffusion policy its sampling steps and whether its EMA weights ran."""
+    """What a run's chunks were and how they were executed: the prediction horizon when not 16
+    (``horizon 2, exec 1``; blind and oracle rows normalize only rows of the same chunks), the
+    evaluation settings (``exec 1``, ``exec 4, ens 0.1``), and for a diffusion policy its
+    sampling steps and whether its EMA weights ran."""
     ev = result.get("eval", {})
-    parts = [f"exec {ev.get('n_action_steps', '?')}"]
+    horizon = result.get("horizon", RECIPE_DEFAULT_HORIZON)
+    parts = [f"horizon {horizon}"] if horizon != RECIPE_DEFAULT_HORIZON else []
+    parts.append(f"exec {ev.get('n_action_steps', '?')}")
     if ev.get("ensemble_decay") is not None:
         parts.append(f"ens {ev['ensemble_decay']}")
     if ev.get("infer_when_remaining"):

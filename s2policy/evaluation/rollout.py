@@ -317,6 +317,8 @@ def write_results(
         # How token maps were reduced (``policy.spatial_head``) and which weights were chosen
         # (``train.select``: ``last`` or the best by ``val_loss``/``rollout``).
         "spatial_head": getattr(trained.policy.cfg, "spatial_head", "attention"),
+        # Steps of each predicted chunk (``policy.horizon``): what the policy was trained on.
+        "horizon": trained.policy.cfg.horizon,
         "select": (
             trained.provenance.config.get("train", {}).get("select", "last")
             if trained.path.name == BEST  # the run's last weights were not selected

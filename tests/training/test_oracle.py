@@ -97,6 +97,8 @@ def test_recipes_stay_apart_and_normalize_within_their_execution():
             run("vit_micro", 69, 1, pool="tokens", spatial_head="softmax"),
             run("vit_micro", 71, 1, pool="tokens", spatial_head="softmax", select="rollout"),
             run("vit_micro", 60, 1, spatial_head="softmax"),  # pooled: the head does not apply
+            run("oracle", 80, 1, horizon=2), run("vit_micro", 45, 1, horizon=2),
+            run("vit_micro", 60, 1, horizon=16),  # recorded default: the exec 1 row
         ]
     )  # fmt: skip
     by = {(r["backbone"], r["recipe"]): r for r in rows}
@@ -107,7 +109,12 @@ def test_recipes_stay_apart_and_normalize_within_their_execution():
     assert by[("vit_micro", "pool tokens softmax, exec 1")]["success"] == pytest.approx(0.69)
     selected = by[("vit_micro", "pool tokens softmax, select rollout, exec 1")]
     assert selected["normalized"] == pytest.approx(61 / 90)  # blind/oracle of its execution
-    assert by[("vit_micro", "exec 1")]["episodes"] == 200  # the pooled run joins its recipe
+    assert by[("vit_micro", "exec 1")]["episodes"] == 300  # the pooled run joins its recipe
     oracle = by[("oracle (privileged state)", "exec 1")]
     assert oracle["episodes"] == 200 and oracle["seeds"] == 2
-    assert len(rows) == 10
+    # Another prediction horizon is another row, normalized by the blind/oracle of its horizon
+    # (no blind at horizon 2: no floor, no normalized score).
+    short = by[("vit_micro", "horizon 2, exec 1")]
+    assert short["success"] == pytest.approx(0.45) and short["normalized"] is None
+    assert by[("oracle (privileged state)", "horizon 2, exec 1")]["episodes"] == 100
+    assert len(rows) == 12

@@ -89,6 +89,7 @@ def test_rollout_selection_scores_disjoint_seeds_and_leaves_training_unchanged(
     results = evaluate(dataclasses.replace(eval_cfg, checkpoint=str(result.checkpoint)))
     assert results["eval"]["seeds"] == [100_000, 100_001]
     assert results["checkpoint"].endswith("best") and results["select"] == "rollout"
+    assert results["horizon"] == cfg.policy.horizon  # the chunks it predicts (report recipe)
     last = evaluate(dataclasses.replace(eval_cfg, checkpoint=str(tmp_path / "sel")))
     assert last["checkpoint"].endswith("checkpoint") and last["select"] == "last"
 
