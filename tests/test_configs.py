@@ -244,8 +244,14 @@ def test_every_sweep_value_of_the_experiments_composes():
             assert str(OmegaConf.select(composed, key)) == value
         if file in ("multitask_large", "ladder", "demo_ladder"):
             assert cfg.dataset == f"datasets/{cfg.task.name}_200.zarr"
-        if file == "ladder":  # the policy recipe of cpu_large on every rung
+        if file == "ladder":  # the policy recipe of cpu_large on every rung: token maps
             assert cfg.train.augment.views == 4 and cfg.policy.n_action_steps == 1
+            assert cfg.encoder.pool == "tokens" and cfg.policy.spatial_head == "softmax"
+
+
+def test_the_ladder_class_token_rows_are_one_override_away():
+    cfg, _ = compose_typed("config", ["experiment=ladder", "encoder=mini_mae4", "encoder.pool=cls"])
+    assert cfg.encoder.pool == "cls" and cfg.encoder.weights == "mae4_vit_mini"
 
 
 @pytest.mark.parametrize("file", _group_files("encoder"))
