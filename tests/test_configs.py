@@ -244,6 +244,8 @@ def test_every_sweep_value_of_the_experiments_composes():
             assert str(OmegaConf.select(composed, key)) == value
         if file in ("multitask_large", "ladder", "demo_ladder"):
             assert cfg.dataset == f"datasets/{cfg.task.name}_200.zarr"
+        if file == "demo_ladder":  # the ladder's token maps at demo size
+            assert cfg.encoder.pool == "tokens" and cfg.train.steps == 2000
         if file == "ladder":  # the policy recipe of cpu_large on every rung: token maps
             assert cfg.train.augment.views == 4 and cfg.policy.n_action_steps == 1
             assert cfg.encoder.pool == "tokens" and cfg.policy.spatial_head == "softmax"
