@@ -117,7 +117,12 @@ class ApproxConfig:
 
 
 def _encoder_key(enc: Any) -> dict[str, Any]:
-    return {"backbone": enc.backbone, "scales": list(enc.scales), "weights": enc.weights}
+    return {
+        "backbone": enc.backbone,
+        "scales": list(enc.scales),
+        "weights": enc.weights,
+        "pool": enc.pool,
+    }
 
 
 def run_approx(cfg: ApproxConfig) -> dict[str, Any]:

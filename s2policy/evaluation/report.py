@@ -170,6 +170,9 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "backbone": BLIND_LABEL if blind else ORACLE_LABEL if oracle else backbone,
                 "scales": "-" if blind or oracle else "(" + ", ".join(map(str, scales)) + ")",
                 "weights": "-" if blind or oracle else (weights or "random"),
+                "pool": None
+                if blind or oracle
+                else runs[0]["encoder"].get("pool", RECIPE_DEFAULT_POOL),
                 "params_M": runs[0]["encoder"]["params"] / 1e6,
                 "gflops_per_img": runs[0]["encoder"]["gflops_per_image"],
                 "encoder_ms": float(np.mean(enc_ms)) if enc_ms else 0.0,
@@ -265,7 +268,9 @@ def comparison_sentence(c: dict[str, Any]) -> str:
 def attach_approx(rows: list[dict[str, Any]], approx: list[dict[str, Any]]) -> None:
     """Fill ``approx_r2`` from ``approx.json`` results (:mod:`s2policy.evaluation.approx`): the
     held-out R² of a linear map from the row's encoder features to the target encoder's, on the
-    same dataset (matched by file name)."""
+    same dataset (matched by file name) and the same features: backbone, scales, weights and
+    pooling (a class-token R² says nothing of a token-map row; files without ``pool`` are the
+    class token's)."""
     for result in approx:
         dataset = Path(result["dataset"]).name
         for a in result["rows"]:
@@ -277,6 +282,7 @@ def attach_approx(rows: list[dict[str, Any]], approx: list[dict[str, Any]]) -> N
                     and r["backbone"] == enc["backbone"]
                     and r["scales"] == scales
                     and r["weights"] == (enc["weights"] or "random")
+                    and r["pool"] == enc.get("pool", RECIPE_DEFAULT_POOL)
                 ):
                     r["approx_r2"] = a["r2"]
 

@@ -239,7 +239,16 @@ def test_report_reads_approximation_r2(tmp_path):
                             "weights": None,
                         },
                         "r2": 0.875,
-                    }
+                    },
+                    {  # the same encoder's token map: other features, not these class-token rows
+                        "source_encoder": {
+                            "backbone": "vit_micro",
+                            "scales": [64, 128],
+                            "weights": None,
+                            "pool": "tokens",
+                        },
+                        "r2": 0.25,
+                    },
                 ],
             }
         )
