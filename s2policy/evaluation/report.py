@@ -80,6 +80,12 @@ def randomization_label(result: dict[str, Any]) -> str:
     return evaluated if evaluated == trained else f"{evaluated} (demos: {trained})"
 
 
+def encoder_pool(encoder: dict[str, Any]) -> str:
+    """How an encoder record (a result's ``encoder``, an ``approx.json`` source) pooled its
+    tokens; records written before pooling was recorded are the class token's."""
+    return encoder.get("pool", RECIPE_DEFAULT_POOL)
+
+
 def execution_label(result: dict[str, Any]) -> str:
     """What a run's chunks were and how they were executed: the prediction horizon when not 16
     (``horizon 2, exec 1``; blind and oracle rows normalize only rows of the same chunks), the
@@ -107,7 +113,7 @@ def recipe_label(result: dict[str, Any]) -> str:
     (:func:`execution_label`)."""
     parts = []
     if result["encoder"]["backbone"] not in (BLIND, ORACLE):
-        pool = result["encoder"].get("pool", RECIPE_DEFAULT_POOL)
+        pool = encoder_pool(result["encoder"])
         if pool != RECIPE_DEFAULT_POOL:
             head = result.get("spatial_head", "attention") if pool == "tokens" else "attention"
             parts.append(f"pool {pool}" + (f" {head}" if head != "attention" else ""))
@@ -170,9 +176,7 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "backbone": BLIND_LABEL if blind else ORACLE_LABEL if oracle else backbone,
                 "scales": "-" if blind or oracle else "(" + ", ".join(map(str, scales)) + ")",
                 "weights": "-" if blind or oracle else (weights or "random"),
-                "pool": None
-                if blind or oracle
-                else runs[0]["encoder"].get("pool", RECIPE_DEFAULT_POOL),
+                "pool": None if blind or oracle else encoder_pool(runs[0]["encoder"]),
                 "params_M": runs[0]["encoder"]["params"] / 1e6,
                 "gflops_per_img": runs[0]["encoder"]["gflops_per_image"],
                 "encoder_ms": float(np.mean(enc_ms)) if enc_ms else 0.0,
@@ -282,7 +286,7 @@ def attach_approx(rows: list[dict[str, Any]], approx: list[dict[str, Any]]) -> N
                     and r["backbone"] == enc["backbone"]
                     and r["scales"] == scales
                     and r["weights"] == (enc["weights"] or "random")
-                    and r["pool"] == enc.get("pool", RECIPE_DEFAULT_POOL)
+                    and r["pool"] == encoder_pool(enc)
                 ):
                     r["approx_r2"] = a["r2"]
 
