@@ -1,6 +1,7 @@
 """The one way every command runs: a hydra app of ``configs/<name>.yaml`` whose config is
 checked by a typed dataclass (:func:`run_hydra`). A leaf module: it imports no other part of
-s2policy, so any package can give itself a command line without depending on the others."""
+s2policy but :mod:`s2policy.fileio` (a leaf too), so any package can give itself a command line
+without depending on the others."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from s2policy.fileio import DiskFullError, LockedError
 
 #: The repository's ``configs/`` folder (beside the package; it is installed editable).
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -77,7 +80,7 @@ def run_hydra(
         try:
             check_choices()
             body(to_object(dict_cfg))
-        except (ValueError, FileNotFoundError, FileExistsError) as err:
+        except (ValueError, FileNotFoundError, FileExistsError, LockedError, DiskFullError) as err:
             # bad input: its one sentence, not a traceback (HYDRA_FULL_ERROR=1 shows one)
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise

@@ -115,7 +115,12 @@ def open_for_collection(path: Path, attrs: dict[str, Any], overwrite: bool) -> R
     with this run's settings; a damaged store is refused untouched (see ``ReplayBuffer.open``).
     """
     if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        return ReplayBuffer.create(path, attrs=attrs, overwrite=overwrite)
+        try:
+            return ReplayBuffer.create(path, attrs=attrs, overwrite=overwrite)
+        except FileExistsError:
+            if overwrite or not path.exists():
+                raise
+            # another collection created it after the check above: append to it
     buffer = ReplayBuffer.open(path, "a")
     if buffer.n_episodes == 0:  # nothing collected yet: nothing to mix other settings with
         buffer.update_attrs(attrs)
@@ -124,6 +129,7 @@ def open_for_collection(path: Path, attrs: dict[str, Any], overwrite: bool) -> R
     stored = {"expert_version": 1, **buffer.attrs}
     diff = _differences(stored, attrs)
     if diff:
+        buffer.close()
         details = "; ".join(f"{k}: store has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
         raise ValueError(
             f"{path} was collected with other settings ({details}); collect into a new output "
@@ -155,15 +161,24 @@ def run_episode(env, expert, seed: int) -> tuple[dict[str, np.ndarray], bool]:
 def collect_demos(
     cfg: CollectConfig, on_episode: Callable[[EpisodeResult], None] | None = None
 ) -> ReplayBuffer:
-    """Fill ``cfg.output`` with ``cfg.n_episodes`` expert episodes and return the store."""
+    """Fill ``cfg.output`` with ``cfg.n_episodes`` expert episodes and return the store (open
+    read-only: the writer lock is freed when collection ends)."""
     path = Path(cfg.output)
-    buffer = open_for_collection(path, store_attrs(cfg.task), cfg.overwrite)
+    with open_for_collection(path, store_attrs(cfg.task), cfg.overwrite) as buffer:
+        _collect(cfg, buffer, on_episode)
+    return ReplayBuffer.open(path)
+
+
+def _collect(
+    cfg: CollectConfig, buffer: ReplayBuffer, on_episode: Callable[[EpisodeResult], None] | None
+) -> None:
+    path = buffer.path
     seeds = buffer.get_meta("episode_seeds") if buffer.n_episodes else np.array([], np.int64)
     next_seed = int(seeds.max()) + 1 if len(seeds) else cfg.seed
     needed = cfg.n_episodes - buffer.n_episodes
     if needed <= 0:
         logger.info("%s already holds %d episodes", path, buffer.n_episodes)
-        return buffer
+        return
     env = cfg.task.make_env()
     expert = env.unwrapped.expert(env, noise=cfg.expert_noise)
     max_attempts = cfg.max_attempts or 2 * needed + 10
@@ -196,4 +211,3 @@ def collect_demos(
             f"the expert succeeded too rarely: {buffer.n_episodes}/{cfg.n_episodes} episodes after "
             f"{max_attempts} attempts; lower expert_noise or raise max_attempts"
         )
-    return buffer

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from s2policy.data.replay_buffer import ReplayBuffer
-from s2policy.data.robomimic_io import open_import_output
-from s2policy.fileio import swap_in
+from s2policy.data.robomimic_io import check_episode_finite, open_import_output
+from s2policy.fileio import check_replaceable, disk_full, swap_in
 
 logger = logging.getLogger(__name__)
 #: Root attribute of an imported store: ``{"complete": bool, "episodes": n}`` (``complete`` is
@@ -94,6 +94,9 @@ def export_lerobot(
             f"{out} already exists; pass overwrite=True (command line: overwrite=true) to "
             "replace it"
         )
+    check_replaceable(
+        out, (out / fmt.SIDECAR).is_file(), "a LeRobot dataset exported by s2policy", [store]
+    )
     if vcodec not in VCODECS:
         raise ValueError(f"unknown vcodec {vcodec!r}; known: {', '.join(VCODECS)}")
     if buffer.n_episodes == 0:
@@ -117,6 +120,7 @@ def export_lerobot(
         for i in range(buffer.n_episodes):
             sl = buffer.episode_slice(i)
             episode = buffer.get_episode(i, lowdim)
+            check_episode_finite(store, i, episode)
             if per_frame:
                 task_index = buffer["task_index"][sl]
             else:
@@ -144,9 +148,9 @@ def export_lerobot(
             "meta": {k: v.dtype.name for k, v in meta.items()},
         }
         (partial / fmt.SIDECAR).write_text(json.dumps(sidecar, indent=2))
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(partial, ignore_errors=True)
-        raise
+        raise disk_full(err, partial, "rerun the export") or err
     swap_in(partial, out)
     logger.info("exported %d episodes of %s to %s", buffer.n_episodes, store, out)
     return out
@@ -217,17 +221,19 @@ def import_lerobot(
     attrs = dataset.store_attrs(size)
     attrs[SOURCE] = dataset.identity(size)
     attrs[IMPORT_STATE] = {"complete": False, "episodes": n}
-    buffer = open_import_output(out, attrs, overwrite, SOURCE, "dataset", "episodes")
-    reader = EpisodeReader(dataset, size)
-    try:
-        for i in range(buffer.n_episodes, n):
-            arrays, meta = reader.read(i)
-            buffer.add_episode(arrays, meta)
-    finally:
-        reader.close()
-    buffer.update_attrs({IMPORT_STATE: {"complete": True, "episodes": n}})
+    with open_import_output(
+        out, attrs, overwrite, SOURCE, "dataset", "episodes", sources=[src]
+    ) as buffer:
+        reader = EpisodeReader(dataset, size)
+        try:
+            for i in range(buffer.n_episodes, n):
+                arrays, meta = reader.read(i)
+                buffer.add_episode(arrays, meta)
+        finally:
+            reader.close()
+        buffer.update_attrs({IMPORT_STATE: {"complete": True, "episodes": n}})
     logger.info("imported %d episodes of %s into %s", buffer.n_episodes, src, out)
-    return buffer
+    return ReplayBuffer.open(out)
 
 
 # ---------------------------------------------------------------------- command

@@ -26,6 +26,18 @@ steps, never zarr's fill value; a chunk whose blosc header does not match its fi
 that fails to decode is one too. Arrays written before that attribute existed read absent chunks
 as zeros, as zarr always did (zarr skipped all-zero chunks then).
 
+The commit record's update does not depend on what a chunk held before: zarr keeps the old
+values of a chunk that a resize shrank (a repair, a removed interrupted write), so before
+``meta/episode_ends`` grows by one entry its last chunk is rewritten from the committed values
+(zarr then writes the whole chunk, fill values past the end): an append killed between the
+resize and the write always leaves a trailing fill-value (0) entry, never a stale end.
+
+Concurrency: one writer per store. :meth:`ReplayBuffer.create` and ``ReplayBuffer.open(path,
+"a")`` take an exclusive lock (:class:`s2policy.fileio.WriterLock`, ``.<name>.lock`` beside the
+store) held until :meth:`ReplayBuffer.close` (or the end of the process); a second writer is
+refused with a sentence naming the holder. Readers take no lock and may open a store while it is
+written: they see the episodes committed when they opened it, never part of one.
+
 Crash tests: :func:`crash_point` ends the process at a named point of a write when the
 environment variable ``S2POLICY_CRASH_AT`` names it (``name`` or ``name@N``: its N-th time).
 """
@@ -39,6 +51,7 @@ import os
 import shutil
 import struct
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +63,13 @@ import zarr.codecs
 import zarr.errors
 from zarr.storage import LocalStore
 
-from s2policy.fileio import crash_point
+from s2policy.fileio import (
+    LockedError,
+    WriterLock,
+    check_replaceable,
+    crash_point,
+    disk_full,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +84,39 @@ CHUNKS_ATTR = "s2policy_all_chunks_written"
 #: indistinguishable from a deleted one.
 _WRITE_CONFIG = {"write_empty_chunks": True}
 #: The named points of a write (see :func:`s2policy.fileio.crash_point`).
-CRASH_POINTS = ("store_create", "episode_data", "episode_meta", "episode_commit")
+CRASH_POINTS = (
+    "store_create",
+    "episode_data",
+    "episode_meta",
+    "episode_commit_resize",
+    "episode_commit",
+)
+#: What a second writer of a store is told to do instead.
+_ONE_WRITER = "one writer per store (readers may open it meanwhile)"
+_RERUN = "rerun the same command: it continues after the last saved episode"
 COMMAND = "python -m s2policy.data.replay_buffer"
 
 
 class CorruptStoreError(ValueError):
     """A store whose committed data or commit record is damaged (nothing was changed)."""
+
+
+class StoreLockedError(LockedError, ValueError):
+    """Another writer holds the store (nothing was changed)."""
+
+
+def is_store(path: Path) -> bool:
+    """Whether ``path`` is a ReplayBuffer store s2policy wrote (complete, or whose creation was
+    interrupted): what ``overwrite`` may replace."""
+    if not (path / "zarr.json").is_file():
+        return False
+    try:
+        root = zarr.open_group(str(path), mode="r")
+    except Exception:  # noqa: BLE001  (not a zarr group)
+        return False
+    return root.attrs.get("layout") == LAYOUT or (
+        not root.attrs.asdict() and _interrupted_creation(root)
+    )
 
 
 def inspect_hint(path: Path | str) -> str:
@@ -430,7 +476,14 @@ def _create_ends(meta: zarr.Group) -> zarr.Array:
 class ReplayBuffer:
     """A store of episodes; create with :meth:`create`, open with :meth:`open`."""
 
-    def __init__(self, root: zarr.Group, path: Path, mode: str, ends: np.ndarray | None = None):
+    def __init__(
+        self,
+        root: zarr.Group,
+        path: Path,
+        mode: str,
+        ends: np.ndarray | None = None,
+        lock: WriterLock | None = None,
+    ):
         self._root = root
         self.path = path
         self.mode = mode
@@ -438,17 +491,46 @@ class ReplayBuffer:
             ends = root["meta/episode_ends"][:]
         self._ends = np.asarray(ends, dtype=np.int64)
         self._checks: dict[str, ChunkCheck] = {}
+        self._lock = lock
+        # a writer that is never closed frees its lock when it is collected (or at exit)
+        self._release = weakref.finalize(self, lock.release) if lock is not None else None
+
+    def close(self) -> None:
+        """Stop writing: free the store's writer lock (a read-only buffer has none). The buffer
+        stays readable; writing again needs ``ReplayBuffer.open(path, "a")``."""
+        if self._release is not None:
+            self._release()
+        self.mode = "r"
+
+    def __enter__(self) -> ReplayBuffer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @staticmethod
+    def _lock_for_writing(path: Path) -> WriterLock:
+        try:
+            return WriterLock(path, _ONE_WRITER)
+        except LockedError as err:
+            raise StoreLockedError(str(err)) from None
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def create(
-        cls, path: str | Path, attrs: Mapping[str, Any] | None = None, overwrite: bool = False
+        cls,
+        path: str | Path,
+        attrs: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        sources: Sequence[str | Path] = (),
     ) -> ReplayBuffer:
         """Create an empty store at ``path``; ``attrs`` (JSON-able) go to the root attributes.
 
         The store is written beside ``path`` (``.<name>.creating``) and renamed into place, so a
         creation killed part-way leaves no store behind (the next creation removes the leftover).
-        An empty folder at ``path`` counts as free.
+        An empty folder at ``path`` counts as free; ``overwrite`` replaces only a store (never a
+        folder or file of something else, nor a folder holding one of ``sources``: what the
+        command reads). The returned buffer holds the store's writer lock until :meth:`close`.
         """
         path = Path(path)
         if path.exists() and not overwrite and not _is_empty_dir(path):
@@ -456,27 +538,39 @@ class ReplayBuffer:
                 f"{path} already exists; open it with ReplayBuffer.open(path, 'a') to append, "
                 "or pass overwrite=True to replace it"
             )
-        tmp = path.parent / f".{path.name}.creating"
-        if tmp.exists():  # what a creation killed before its rename left: an empty store
-            shutil.rmtree(tmp)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            check_replaceable(path, is_store(path), "a ReplayBuffer store", sources)
+        lock = cls._lock_for_writing(path)
         try:
-            root = zarr.open_group(str(tmp), mode="w")
-            root.attrs.update(
-                {**dict(attrs or {}), "layout": LAYOUT, "layout_version": LAYOUT_VERSION}
-            )
-            root.create_group("data")
-            _create_ends(root.create_group("meta"))
+            if overwrite:  # again, under the lock: another writer may have made it meanwhile
+                check_replaceable(path, is_store(path), "a ReplayBuffer store", sources)
+            elif path.exists() and not _is_empty_dir(path):
+                raise FileExistsError(f"{path} was created by another writer meanwhile")
+            tmp = path.parent / f".{path.name}.creating"
+            if tmp.exists():  # what a creation killed before its rename left: an empty store
+                shutil.rmtree(tmp)
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                root = zarr.open_group(str(tmp), mode="w")
+                root.attrs.update(
+                    {**dict(attrs or {}), "layout": LAYOUT, "layout_version": LAYOUT_VERSION}
+                )
+                root.create_group("data")
+                _create_ends(root.create_group("meta"))
+            except BaseException as err:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise disk_full(err, tmp, _RERUN) or err
+            crash_point("store_create")
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            os.replace(tmp, path)
+            root = zarr.open_group(str(path), mode="r+")
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            lock.release()
             raise
-        crash_point("store_create")
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-        os.replace(tmp, path)
-        return cls(zarr.open_group(str(path), mode="r+"), path, "a", np.zeros(0, np.int64))
+        return cls(root, path, "a", np.zeros(0, np.int64), lock)
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> ReplayBuffer:
@@ -489,6 +583,18 @@ class ReplayBuffer:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         path = Path(path)
+        if mode == "r":
+            return cls._open(path, mode, None)
+        _open_group(path, "r")  # no lock file beside a path that is not a store
+        lock = cls._lock_for_writing(path)
+        try:
+            return cls._open(path, mode, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open(cls, path: Path, mode: str, lock: WriterLock | None) -> ReplayBuffer:
         root = _open_group(path, mode)
         missing = _missing_parts(root)
         if missing and _interrupted_creation(root):
@@ -523,7 +629,7 @@ class ReplayBuffer:
                 path,
                 len(commit.ends) - commit.committed,
             )
-        buffer = cls(root, path, mode, commit.ends[: commit.committed])
+        buffer = cls(root, path, mode, commit.ends[: commit.committed], lock)
         if mode == "a":
             buffer._drop_uncommitted()
         return buffer
@@ -615,6 +721,12 @@ class ReplayBuffer:
         meta = {k: np.asarray(v) for k, v in (meta or {}).items()}
         self._validate_episode(data, meta)
         self._verify_last_chunks()
+        try:
+            self._append(data, meta)
+        except OSError as err:
+            raise disk_full(err, self.path, _RERUN) or err
+
+    def _append(self, data: dict[str, np.ndarray], meta: dict[str, np.ndarray]) -> None:
         self._drop_uncommitted()
         dgroup, mgroup = self._root["data"], self._root["meta"]
         for i, (key, value) in enumerate(data.items()):
@@ -644,13 +756,33 @@ class ReplayBuffer:
             _writable(mgroup[key]).append(value.reshape(1), axis=0)
         crash_point("episode_meta")
         new_end = self.n_steps + len(next(iter(data.values())))
-        _writable(mgroup["episode_ends"]).append(np.array([new_end], dtype=np.int64), axis=0)
+        ends, n = _writable(mgroup["episode_ends"]), self.n_episodes
+        self._clear_next_end(ends, n)
+        ends.resize((n + 1,))
+        crash_point("episode_commit_resize")  # the record grown, its entry not yet written
+        ends[n] = new_end
         self._ends = np.append(self._ends, new_end)
         crash_point("episode_commit")
 
+    def _clear_next_end(self, ends: zarr.Array, n: int) -> None:
+        """Make the entry ``n`` that the next resize of ``meta/episode_ends`` exposes read as the
+        fill value (0), whatever its chunk held: a chunk a shrink left keeps stale entries."""
+        rows = int(ends.chunks[0])
+        start = n - n % rows
+        if n > start:  # a whole-chunk write from the committed values: fill past them
+            ends[start:n] = self._ends[start:n]
+            return
+        local = ends.store_path.store
+        if isinstance(local, LocalStore):  # a chunk past the end that a killed shrink left
+            key = ends.metadata.encode_chunk_key((n // rows,))
+            (Path(local.root) / ends.store_path.path / key).unlink(missing_ok=True)
+
     def _check_writable(self) -> None:
         if self.mode != "a":
-            raise PermissionError(f"{self.path} is open read-only; open it with mode='a' to write")
+            raise PermissionError(
+                f"{self.path} is open read-only (or its writer was closed); open it with "
+                "ReplayBuffer.open(path, 'a') to write"
+            )
 
     def _validate_episode(self, data: dict[str, np.ndarray], meta: dict[str, np.ndarray]) -> None:
         if not data:
@@ -940,11 +1072,18 @@ def repair_store(path: str | Path, confirm: bool = False, verify: bool = True) -
             "nothing was changed — rerun with confirm=true to do it"
         )
         return report
-    root = zarr.open_group(str(path), mode="r+")
-    order = sorted(removals, key=lambda r: r[0] != "meta/episode_ends")  # the commit record first
-    for name, _, new, _ in order:
-        arr = root[name]
-        arr.resize((new, *arr.shape[1:]))
+    try:
+        lock = WriterLock(path, _ONE_WRITER)
+    except LockedError as err:
+        raise StoreLockedError(str(err)) from None
+    with lock:
+        if examine_store(path, verify).removals() != removals:
+            raise StoreLockedError(f"{path} changed while it was examined; rerun the repair")
+        root = zarr.open_group(str(path), mode="r+")
+        order = sorted(removals, key=lambda r: r[0] != "meta/episode_ends")  # the record first
+        for name, _, new, _ in order:
+            arr = root[name]
+            arr.resize((new, *arr.shape[1:]))
     print(f"{path}: removed {report.removal_text()}; kept {report.kept_text()}")
     return report
 

@@ -42,6 +42,7 @@ import h5py
 import numpy as np
 
 from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.fileio import check_replaceable, disk_full
 
 logger = logging.getLogger(__name__)
 #: Root attribute of an imported store: ``{"complete": bool, "demos": n}`` (``complete`` is set
@@ -185,18 +186,18 @@ def import_robomimic(
                     src,
                 )
         attrs[IMPORT_STATE] = {"complete": False, "demos": len(names)}
-        buffer = open_import_output(out, attrs, overwrite)
-        for name in names[buffer.n_episodes :]:
-            demo = data[name]
-            if first is not None and name == names[0]:
-                arrays = first
-            else:
-                arrays = read_demo(demo, f"{src}:data/{name}", obs_keys, state_keys, keep)
-            meta = {k[5:]: demo.attrs[k] for k in demo.attrs if k.startswith("meta_")}
-            buffer.add_episode(arrays, meta=meta)
-        buffer.update_attrs({IMPORT_STATE: {"complete": True, "demos": len(names)}})
+        with open_import_output(out, attrs, overwrite, sources=[src]) as buffer:
+            for name in names[buffer.n_episodes :]:
+                demo = data[name]
+                if first is not None and name == names[0]:
+                    arrays = first
+                else:
+                    arrays = read_demo(demo, f"{src}:data/{name}", obs_keys, state_keys, keep)
+                meta = {k[5:]: demo.attrs[k] for k in demo.attrs if k.startswith("meta_")}
+                buffer.add_episode(arrays, meta=meta)
+            buffer.update_attrs({IMPORT_STATE: {"complete": True, "demos": len(names)}})
     logger.info("imported %d demos of %s into %s", buffer.n_episodes, src, out)
-    return buffer
+    return ReplayBuffer.open(out)
 
 
 def _open_hdf5(src: Path) -> h5py.File:
@@ -236,19 +237,22 @@ def open_import_output(
     source_key: str = "robomimic_source",
     source: str = "file",
     unit: str = "demos",
+    sources: Sequence[str | Path] = (),
 ) -> ReplayBuffer:
     """Create an import's store, or reopen it to resume an interrupted import of the same
-    source (``attrs[source_key]``); any other existing store is refused unless ``overwrite``."""
+    source (``attrs[source_key]``); any other existing store is refused unless ``overwrite``
+    (which never replaces anything but a store, nor one holding ``sources``)."""
     if out.exists() and not overwrite:
         buffer = ReplayBuffer.open(out, "a")
         if buffer.attrs.get(source_key) != attrs[source_key]:
+            buffer.close()
             raise FileExistsError(
                 f"{out} exists and is not an interrupted import of the same {source}; pass "
                 "overwrite=True (command line: overwrite=true) to replace it"
             )
         logger.info("resuming the import into %s after %d %s", out, buffer.n_episodes, unit)
         return buffer
-    return ReplayBuffer.create(out, attrs, overwrite=overwrite)
+    return ReplayBuffer.create(out, attrs, overwrite=overwrite, sources=sources)
 
 
 def export_robomimic(
@@ -270,6 +274,7 @@ def export_robomimic(
     buffer, out = ReplayBuffer.open(store), Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
+    check_replaceable(out, _is_our_export(out), "a robomimic file exported by s2policy", [store])
     if not 0.0 <= valid_ratio < 1.0:
         raise ValueError(f"valid_ratio must be in [0, 1), got {valid_ratio}")
     if buffer.n_episodes == 0:
@@ -284,6 +289,49 @@ def export_robomimic(
     )
     partial = out.with_name(out.name + ".partial")
     out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_file(partial, buffer, attrs, success, next_obs, valid_ratio, seed)
+    except BaseException as err:
+        partial.unlink(missing_ok=True)
+        raise disk_full(err, partial, "rerun the export") or err
+    os.replace(partial, out)
+    logger.info("exported %d demos of %s to %s", buffer.n_episodes, store, out)
+    return out
+
+
+def _is_our_export(path: Path) -> bool:
+    """Whether ``path`` is a robomimic file that :func:`export_robomimic` wrote."""
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return "data" in f and "s2policy" in f["data"].attrs
+    except OSError:
+        return False
+
+
+def check_episode_finite(store: str | Path, i: int, episode: dict[str, np.ndarray]) -> None:
+    """Refuse to export an episode whose float arrays hold NaN or inf (our importers would
+    refuse the file), naming the episode, the array and the step."""
+    for key, value in episode.items():
+        bad = ~np.isfinite(value) if value.dtype.kind in "fc" else None
+        if bad is not None and bad.any():
+            step = int(np.argwhere(bad)[0][0])
+            raise ValueError(
+                f"{store}: episode {i} has NaN or inf in {key!r} (first at step {step} of the "
+                "episode); fix or drop that episode before exporting (nothing was written)"
+            )
+
+
+def _write_file(
+    partial: Path,
+    buffer: ReplayBuffer,
+    attrs: dict[str, Any],
+    success: np.ndarray,
+    next_obs: bool,
+    valid_ratio: float,
+    seed: int,
+) -> None:
     with h5py.File(partial, "w") as f:
         data = f.create_group("data")
         for i in range(buffer.n_episodes):
@@ -303,15 +351,13 @@ def export_robomimic(
         mask = f.create_group("mask")
         for key, picked in (("train", order[n_valid:]), ("valid", order[:n_valid])):
             mask.create_dataset(key, data=np.array(sorted(names[picked]), dtype="S"))
-    os.replace(partial, out)
-    logger.info("exported %d demos of %s to %s", buffer.n_episodes, store, out)
-    return out
 
 
 def _write_demo(
     group: h5py.Group, buffer: ReplayBuffer, i: int, success: bool, next_obs: bool
 ) -> None:
     episode = buffer.get_episode(i)
+    check_episode_finite(buffer.path, i, episode)
     n = len(episode["action"])
     group.attrs["num_samples"] = n
     for key in buffer.meta_keys():

@@ -299,6 +299,8 @@ def open_cache(
             "python cache_features.py dataset=... encoder=... (augment.views=... for views)"
         )
     info = caches[fp]
+    if info.created:
+        _check_record(info, dataset_identity(buffer, cameras), spec, dtype, augment)
     if not info.complete:
         raise CacheError(_incomplete_message(info))
     absent = [c for c in cameras if c not in info.attrs["cameras"]]
@@ -475,6 +477,7 @@ def _prepare_group(
         names = view_arrays(cameras, augment.views if augment else 0)
         arrays = [a for c in names for a in (c, f"done/{c}")]
         if info.created and all(a in group for a in arrays):
+            _check_record(info, identity, spec, dtype, augment)
             attrs = info.attrs
             if attrs["n_steps"] != buffer.n_steps or sorted(attrs["cameras"]) != sorted(cameras):
                 raise CacheError(
@@ -572,6 +575,42 @@ def _prefetch(
             if k + depth < len(todo):
                 futures.append(pool.submit(read, todo[k + depth]))
             yield result
+
+
+def _check_record(
+    info: CacheInfo,
+    identity: str,
+    spec: dict[str, Any],
+    dtype: str,
+    augment: AugmentConfig | None,
+) -> None:
+    """The cache folder ``features/<fp>`` must hold what ``fp`` names: the fingerprint its own
+    attributes record, recomputed from them, and the requested encoder, dtype, dataset and
+    views. A folder renamed (or copied) to another fingerprint is refused, never read."""
+    attrs = info.attrs
+    recorded = attrs.get("fingerprint")
+    views = AugmentConfig(**attrs["augment"]) if attrs.get("augment") else None
+    try:
+        computed = fingerprint(attrs["dataset_identity"], attrs["spec"], attrs["dtype"], views)
+    except (KeyError, TypeError, ValueError):
+        computed = None
+    wanted_views = augment.spec() if augment is not None and augment.enabled else None
+    same = (
+        recorded in (None, info.fingerprint)  # None: written before caches recorded it
+        and computed == info.fingerprint
+        and attrs["spec"] == spec
+        and attrs["dtype"] == dtype
+        and attrs["dataset_identity"] == identity
+        and (attrs.get("augment") or None) == wanted_views
+    )
+    if not same:
+        raise CacheError(
+            f"feature cache folder {FEATURES}/{info.fingerprint} in {info.path} holds the "
+            f"features of another encoder or dataset (its record: fingerprint {recorded}, "
+            f"{describe(info)}): it was renamed or copied there, so it is not used; remove it "
+            f"with python cache_features.py action=remove dataset={info.path} "
+            f"fingerprint={info.fingerprint} and rebuild"
+        )
 
 
 def _incomplete_message(info: CacheInfo) -> str:
