@@ -29,7 +29,13 @@ The server protects the robot on its own, whatever the client does:
   (and holds). :class:`RemoteRobot` acquires the lease in :meth:`RemoteRobot.reset` (the start
   of an episode), sends its token with every request (the loop observes every tick: that is the
   heartbeat) and releases it on :meth:`RemoteRobot.close`; ``act`` never acquires, so a client
-  whose lease expired cannot resume moving the robot without a new ``reset``.
+  whose lease expired cannot resume moving the robot without a new ``reset``. The lease is
+  watched by a thread of its own (the watchdog), not by the request loop: whatever a request
+  does, an expired lease holds the robot.
+- **Any frame**: the server's socket is a ZeroMQ ROUTER (no request/reply state machine to break):
+  a multipart, malformed or undecodable request gets an error reply, a request over
+  ``MAX_REQUEST_BYTES`` disconnects its sender, and an error while handling one request is
+  logged and answered; none stops the server.
 - **CURVE** (ZeroMQ's public-key authentication and encryption): with
   ``server_secret_file`` and ``authorized_clients_dir`` (keys from ``python -m
   s2policy.robot.keys``), only clients whose public key file (``<name>.key``) is in that folder
@@ -68,6 +74,10 @@ OPS = ("spec", "reset", "observe", "act", "hold", "status", "ping", "acquire", "
 MOVING_OPS = ("act", "reset")
 #: Largest request the server reads (bytes); an action is a few dozen.
 MAX_REQUEST_BYTES = 1 << 20
+#: Most frames of one message the server answers (a REQ client sends its envelope + 1 body).
+MAX_FRAMES = 8
+#: How often the watchdog looks at the lease (s; at most a quarter of the lease timeout).
+WATCHDOG_PERIOD_S = 0.05
 #: A filtered action within this of the requested one counts as unchanged (float32 rounding of
 #: an action the client's own filter already clipped).
 CLIP_ATOL = 1e-5
@@ -218,9 +228,16 @@ class RobotServer:
         self._ready = threading.Event()
         self._bind_error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
+        #: One request or watchdog action on the robot (and the lease) at a time.
+        self._robot_lock = threading.RLock()
 
     # ------------------------------------------------------------------ lease
     def _expire_lease(self) -> None:
+        with self._robot_lock:
+            self._expire_lease_locked()
+
+    def _expire_lease_locked(self) -> None:
         lease = self.lease
         if lease is None or self.clock() - lease.last_seen <= self.lease_timeout_s:
             return
@@ -304,6 +321,10 @@ class RobotServer:
     # ------------------------------------------------------------------ requests
     def handle(self, request: Any, client: str = "anonymous") -> dict[str, Any]:
         """One request -> its reply; ``client`` names the sender in the logs."""
+        with self._robot_lock:
+            return self._handle(request, client)
+
+    def _handle(self, request: Any, client: str) -> dict[str, Any]:
         if not isinstance(request, dict):
             return _error(f"bad request: a map expected, got {type(request).__name__}")
         op, args, token = request.get("op"), request.get("args") or {}, request.get("lease")
@@ -354,7 +375,7 @@ class RobotServer:
     def serve(self) -> None:
         ctx = zmq.Context()  # its own: one ZAP authenticator per context
         auth = None
-        sock = ctx.socket(zmq.REP)
+        sock = ctx.socket(zmq.ROUTER)
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
@@ -375,6 +396,11 @@ class RobotServer:
             ctx.term()
             raise
         self._ready.set()
+        # the lease's watchdog: a thread of its own, which outlives this loop until stop()
+        self._watchdog = threading.Thread(
+            target=self._watch_lease, daemon=True, name="robot-lease-watchdog"
+        )
+        self._watchdog.start()
         logger.info(
             "robot server on %s (%s)",
             self.endpoint,
@@ -384,32 +410,59 @@ class RobotServer:
         )
         try:
             while not self._stop.is_set():
-                self._expire_lease()  # also while no request arrives
-                if not sock.poll(50):
-                    continue
-                frame = sock.recv(copy=False)
-                client = "anonymous"
-                if self._keys is not None:
-                    try:
-                        client = frame.get("User-Id")  # the client's public key (z85)
-                    except zmq.ZMQError:
-                        pass
                 try:
-                    request = unpack(frame.bytes)
-                except Exception as err:  # noqa: BLE001
-                    sock.send(pack(_error(f"bad request: {err}")))
-                    continue
-                try:
-                    reply = pack(self.handle(request, client))
-                except Exception as err:  # noqa: BLE001  (e.g. a result msgpack cannot carry)
-                    logger.exception("could not answer %r", request.get("op"))
-                    reply = pack(_error(f"{type(err).__name__}: {err}"))
-                sock.send(reply)
+                    if sock.poll(50):
+                        self._serve_one(sock)
+                except Exception:  # noqa: BLE001  (nothing a client sends stops the server)
+                    logger.exception("robot server: a request failed; serving on")
         finally:
             sock.close()
             if auth is not None:
                 auth.stop()
             ctx.term()
+
+    def _serve_one(self, sock: zmq.Socket) -> None:
+        """Receive one message on the ROUTER socket and answer it (or drop it)."""
+        frames = sock.recv_multipart(copy=False)
+        # the envelope: the sender's routing id, then (REQ clients) an empty delimiter
+        end = next((i for i, f in enumerate(frames) if not f.bytes), None)
+        split = end + 1 if end is not None else 1
+        envelope, body = frames[:split], frames[split:]
+        client = "anonymous"
+        if self._keys is not None and body:
+            try:
+                client = body[-1].get("User-Id")  # the client's public key (z85)
+            except zmq.ZMQError:
+                pass
+        if len(body) != 1 or len(frames) > MAX_FRAMES:
+            self.events["bad_frame"] += 1
+            logger.warning(
+                "refused a request of %d frames from client %s (one expected)", len(body), client
+            )
+            reply = _error(f"bad request: one frame expected, got {len(body)}")
+        else:
+            try:
+                request = unpack(body[0].bytes)
+            except Exception as err:  # noqa: BLE001  (any bytes may arrive)
+                self.events["bad_frame"] += 1
+                reply = _error(f"bad request: not a msgpack map ({type(err).__name__}: {err})")
+            else:
+                reply = self.handle(request, client)
+        try:
+            packed = pack(reply)
+        except Exception as err:  # noqa: BLE001  (e.g. a result msgpack cannot carry)
+            logger.exception("could not pack the reply to client %s", client)
+            packed = pack(_error(f"{type(err).__name__}: {err}"))
+        sock.send_multipart([*envelope, packed])
+
+    def _watch_lease(self) -> None:
+        """The watchdog: hold the robot when the lease expires, whatever the request loop does."""
+        period = min(WATCHDOG_PERIOD_S, self.lease_timeout_s / 4)
+        while not self._stop.wait(period):
+            try:
+                self._expire_lease()
+            except Exception:  # noqa: BLE001  (keep watching)
+                logger.exception("robot server watchdog failed to check the lease")
 
     def start(self) -> RobotServer:
         """Serve in a background thread; returns once bound (raises if binding failed)."""
@@ -424,8 +477,9 @@ class RobotServer:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in (self._thread, self._watchdog):
+            if thread is not None:
+                thread.join(timeout=5)
 
 
 class RemoteRobot(RobotInterface):

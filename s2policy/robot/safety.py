@@ -50,7 +50,10 @@ class SafetyConfig:
 
 
 class SafetyFilter:
-    """``filter(action, state) -> (action or None, events)``; ``None`` means: hold."""
+    """``filter(action, state) -> (action or None, events)``; ``None`` means: hold.
+
+    The translation is clipped to the workspace box first and to ``max_step_m`` last, so no
+    command moves the end effector farther than ``max_step_m``, even from outside the box."""
 
     def __init__(self, cfg: SafetyConfig, robot_spec: dict[str, Any]):
         self.cfg = cfg
@@ -66,15 +69,21 @@ class SafetyFilter:
         events = []
         out = np.clip(action, -1.0, 1.0)
         delta = out[:3] * self.scale  # metres
-        norm = float(np.linalg.norm(delta))
-        if norm > self.cfg.max_step_m:
-            delta *= self.cfg.max_step_m / norm
+        if float(np.linalg.norm(delta)) > self.cfg.max_step_m:
             events.append("max_step")
+        # the box first, the step limit last: the limit bounds the command that is sent, also
+        # when the robot stands outside the box (it then moves back in bounded steps)
         pos = np.asarray(state[:3], dtype=np.float64)
         target = np.clip(pos + delta, self.low, self.high)
         if not np.allclose(target, pos + delta):
             events.append("workspace")
-        out[:3] = (target - pos) / self.scale
+        delta = target - pos
+        norm = float(np.linalg.norm(delta))
+        if norm > self.cfg.max_step_m:
+            delta *= self.cfg.max_step_m / norm
+            if "max_step" not in events:
+                events.append("max_step")
+        out[:3] = np.clip(delta / self.scale, -1.0, 1.0)
         if self.yaw:
             yaw = out[3] * self.yaw_scale
             if abs(yaw) > self.cfg.max_yaw_step_rad:

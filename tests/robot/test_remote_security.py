@@ -304,3 +304,84 @@ def test_the_key_command_writes_usable_keys(tmp_path, clock, closing):
     client.reset(seed=3)
     client.act(np.array([0.1, 0, 0, 0, 0], np.float32))
     assert robot.resets == 1 and len(robot.actions) == 1
+
+
+# ------------------------------------------------------------------ a robot outside the box
+@pytest.mark.parametrize("action", [STILL, np.array([-1.0, 1.0, -1.0, 0, 0], np.float32)])
+def test_outside_the_box_the_step_limit_still_bounds_the_command(action):
+    from s2policy.robot.safety import SafetyFilter
+
+    cfg = SafetyConfig(max_step_m=0.02)
+    safety = SafetyFilter(cfg, SPEC)
+    state = np.array([0.40, 0.0, 0.1, 0.0, 0.04])  # 15 cm past the box's +x wall
+    for _ in range(20):
+        safe, events = safety.filter(action, state)
+        step = safe[:3] * SPEC["max_step_m"]
+        assert np.linalg.norm(step) <= cfg.max_step_m + 1e-7, step  # never a 15 cm jump
+        state[:3] += step
+    assert (state[:3] <= np.asarray(cfg.workspace_high) + 1e-7).all()  # back in the box
+    assert (state[:3] >= np.asarray(cfg.workspace_low) - 1e-7).all()
+
+
+# ------------------------------------------------------------------ any frame
+def test_the_server_survives_any_frame_and_its_watchdog_still_holds_the_robot(clock, closing):
+    from s2policy.robot.remote import MAX_REQUEST_BYTES, pack, unpack
+
+    robot = FakeRobot(clock)
+    server = serve(closing, robot, clock, lease_timeout_s=1.0)
+    client = connect(closing, server, clock)
+    client.reset(seed=1)  # the client holds the lease ...
+    client.act(np.array([0.1, 0, 0, 0, 0], np.float32))
+    ctx = zmq.Context.instance()
+
+    def raw(kind):
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 2000)
+        sock.connect(server.endpoint)
+        return sock
+
+    req = raw(zmq.REQ)  # a multipart request: it killed the REP server's thread before
+    req.send_multipart([pack({"op": "ping"}), b"more"])
+    reply = unpack(req.recv())
+    assert reply["ok"] is False and "one frame expected, got 2" in reply["error"]
+    req.send(b"\xc1 not msgpack")  # undecodable
+    assert "not a msgpack map" in unpack(req.recv())["error"]
+    req.send(pack([1, 2, 3]))  # msgpack, but not a map
+    assert "a map expected" in unpack(req.recv())["error"]
+    req.close()
+    dealer = raw(zmq.DEALER)  # no envelope delimiter, many frames
+    dealer.send_multipart([b"x"] * 20)
+    dealer.send(b"")
+    big = raw(zmq.REQ)  # over the size limit: its sender is dropped, no reply
+    big.send(b"\0" * (MAX_REQUEST_BYTES + 1))
+    with pytest.raises(zmq.Again):
+        big.recv()
+    dealer.close(), big.close()
+    assert client.call("ping") == "pong"  # still serving the well-behaved client
+    assert server.events["bad_frame"] >= 3
+
+    # ... and vanishes: the watchdog, not a request, holds the robot after the lease timeout
+    clock.t += 1.5
+    assert wait_until(lambda: robot.holds == 1), "the watchdog did not hold the robot"
+    assert server.lease is None and server.events["lease_expired"] == 1
+    assert server._thread.is_alive() and server._watchdog.is_alive()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_watchdog_holds_the_robot_even_when_the_request_loop_has_died(clock, closing):
+    robot = FakeRobot(clock)
+    server = serve(closing, robot, clock, lease_timeout_s=1.0)
+    client = connect(closing, server, clock)
+    client.reset(seed=1)
+
+    def die(sock):
+        raise SystemExit  # what no `except Exception` catches: the request loop's thread ends
+
+    server._serve_one = die
+    with pytest.raises(ConnectionError):
+        RemoteRobot(server.endpoint, 300, clock=clock).call("ping")
+    server._thread.join(timeout=5)
+    assert not server._thread.is_alive() and server._watchdog.is_alive()
+    clock.t += 1.5
+    assert wait_until(lambda: robot.holds == 1), "no watchdog outside the request loop"
