@@ -150,7 +150,9 @@ def export_lerobot(
         (partial / fmt.SIDECAR).write_text(json.dumps(sidecar, indent=2))
     except BaseException as err:
         shutil.rmtree(partial, ignore_errors=True)
-        raise disk_full(err, partial, "rerun the export") or err
+        if full := disk_full(err, partial, "rerun the export"):
+            raise full from err
+        raise
     swap_in(partial, out)
     logger.info("exported %d episodes of %s to %s", buffer.n_episodes, store, out)
     return out

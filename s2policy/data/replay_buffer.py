@@ -559,7 +559,9 @@ class ReplayBuffer:
                 _create_ends(root.create_group("meta"))
             except BaseException as err:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise disk_full(err, tmp, _RERUN) or err
+                if full := disk_full(err, tmp, _RERUN):
+                    raise full from err
+                raise
             crash_point("store_create")
             if path.is_dir():
                 shutil.rmtree(path)
@@ -724,7 +726,9 @@ class ReplayBuffer:
         try:
             self._append(data, meta)
         except OSError as err:
-            raise disk_full(err, self.path, _RERUN) or err
+            if full := disk_full(err, self.path, _RERUN):
+                raise full from err
+            raise
 
     def _append(self, data: dict[str, np.ndarray], meta: dict[str, np.ndarray]) -> None:
         self._drop_uncommitted()

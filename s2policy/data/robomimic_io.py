@@ -293,7 +293,9 @@ def export_robomimic(
         _write_file(partial, buffer, attrs, success, next_obs, valid_ratio, seed)
     except BaseException as err:
         partial.unlink(missing_ok=True)
-        raise disk_full(err, partial, "rerun the export") or err
+        if full := disk_full(err, partial, "rerun the export"):
+            raise full from err
+        raise
     os.replace(partial, out)
     logger.info("exported %d demos of %s to %s", buffer.n_episodes, store, out)
     return out
