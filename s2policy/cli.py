@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from s2policy.configs import run_hydra
+from s2policy.hydra_app import write_hydra_record
 
 
 def _collect(cfg) -> None:
@@ -104,7 +105,11 @@ def _train(cfg) -> None:
         bars["eval"].update()
 
     try:
-        checkpoint, results = run_experiment(cfg, on_log, on_episode)
+        # the run's .hydra/ record is written once training starts: a refused run (resume with
+        # another config, a run directory that holds a checkpoint) leaves its directory as it was
+        checkpoint, results = run_experiment(
+            cfg, on_log, on_episode, lambda: write_hydra_record(cfg.output_dir, cfg.to_dict())
+        )
     finally:
         for bar in bars.values():
             bar.close()

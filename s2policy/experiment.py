@@ -14,11 +14,13 @@ def run_experiment(
     cfg: RunConfig,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_episode: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> tuple[Path, dict[str, Any] | None]:
     """Train ``cfg``; with ``cfg.eval.enabled``, evaluate the checkpoint (rank 0 under DDP)
     with the linear-probe R² of the same cached features in its results. Returns the checkpoint
     directory and the evaluation results (or ``None``). ``cfg.logger`` tracks the metrics
-    records (besides ``on_log``) and the evaluation (rank 0 only)."""
+    records (besides ``on_log``) and the evaluation (rank 0 only). ``on_start()`` runs once
+    every check of the run passed, before its first step (rank 0 only)."""
     import os
 
     from s2policy.tracking import open_tracker
@@ -27,13 +29,14 @@ def run_experiment(
     with open_tracker(
         cfg.logger, cfg.output_dir, cfg.run_name, cfg.task.name, "train", cfg.to_dict(), rank
     ) as tracker:
-        return _train_and_evaluate(cfg, tracker.chain(on_log), on_episode, tracker, rank)
+        start = on_start if rank == 0 else None
+        return _train_and_evaluate(cfg, tracker.chain(on_log), on_episode, tracker, rank, start)
 
 
-def _train_and_evaluate(cfg: RunConfig, on_log, on_episode, tracker, rank: int):
+def _train_and_evaluate(cfg: RunConfig, on_log, on_episode, tracker, rank: int, on_start):
     from s2policy.training.loop import fit
 
-    result = fit(cfg, on_log)
+    result = fit(cfg, on_log, on_start)
     if not cfg.eval.enabled or rank != 0 or not result.checkpoint.exists():
         return result.checkpoint, None
     from s2policy.evaluation.probe import probe_cache

@@ -232,8 +232,8 @@ def read_json(path: str | Path, what: str, fix: str, limit: int = MAX_JSON_BYTES
     size = path.stat().st_size
     if size > limit:
         raise ValueError(
-            f"{path} is {size / 2**20:.0f} MiB, more than any {what} ({limit >> 20} MiB at "
-            f"most): it is damaged or not one; {fix}"
+            f"{path} has {size} bytes, more than any {what} may have ({limit >> 20} MiB): it is "
+            f"damaged or not one; {fix}"
         )
     raw = path.read_bytes()
     try:
@@ -280,3 +280,39 @@ def disk_full(err: BaseException, path: str | Path, rerun: str) -> DiskFullError
     )
     full.errno = errno.ENOSPC
     return full
+
+
+def save_tensors(tensors: dict, path: str | Path) -> None:
+    """A safetensors file written by Python's own file I/O (a full disk raises ``OSError``
+    ENOSPC, which the writers turn into their sentence)."""
+    from safetensors.torch import save
+
+    Path(path).write_bytes(save(tensors))
+
+
+def save_state(state: Any, path: str | Path) -> None:
+    """``torch.save`` into memory, then Python's file I/O (torch's own writer reports a full
+    disk as ``enforce fail at inline_container.cc``, naming neither the cause nor the file)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    Path(path).write_bytes(buffer.getbuffer())
+
+
+def write_folder(new: Path, final: Path, write: Any, rerun: str) -> Path:
+    """Write the folder ``new`` with ``write(new)`` and swap it in as ``final``
+    (:func:`swap_in`); when writing fails, ``new`` is removed (``final`` is untouched) and a full
+    disk becomes one sentence (``rerun``: what to do once there is space)."""
+    shutil.rmtree(new, ignore_errors=True)
+    try:
+        new.mkdir(parents=True)
+        write(new)
+    except BaseException as err:
+        shutil.rmtree(new, ignore_errors=True)
+        if full := disk_full(err, new, rerun):
+            raise full from err
+        raise
+    return swap_in(new, final)

@@ -55,6 +55,22 @@ def check_choices() -> None:
             )
 
 
+def write_hydra_record(output_dir: str | Path, config: dict[str, Any]) -> None:
+    """``<output_dir>/.hydra/{config,hydra,overrides}.yaml``, as hydra writes them with its
+    ``output_subdir`` set, for commands that keep it null so that a refused run leaves its
+    directory untouched and write the record only once their checks passed (``config``: the
+    resolved, typed config)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    hydra_cfg = HydraConfig.get()
+    folder = Path(output_dir) / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    (folder / "hydra.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    (folder / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_cfg.overrides.task))
+
+
 def run_hydra(
     config_name: str,
     job_name: str,

@@ -25,8 +25,9 @@ import torch
 import zarr
 
 from s2policy.data.collect import CollectConfig, collect_demos
+from s2policy.data.lerobot_io import export_lerobot
 from s2policy.data.replay_buffer import ReplayBuffer
-from s2policy.data.robomimic_io import import_robomimic
+from s2policy.data.robomimic_io import export_robomimic, import_robomimic
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.evaluation.approx import ApproxConfig
 from s2policy.evaluation.config import EvalConfig
@@ -180,6 +181,125 @@ def _truncate(path: Path) -> None:
 
 ROBOT_SPEC = {"cameras": ["front"], "image_size": [32, 32], "action_dim": 4}
 
+
+def _hold_writer(ctx: Ctx) -> None:
+    """A writer of the store that is still open (another collection would be another process)."""
+    ctx.writer = ReplayBuffer.open(ctx.store, "a")
+
+
+def _user_folder(ctx: Ctx) -> Path:
+    folder = ctx.tmp / "my_notes"
+    folder.mkdir(exist_ok=True)
+    (folder / "plan.txt").write_text("not a store")
+    return folder
+
+
+def _rename_cache_to(ctx: Ctx, encoder: EncoderConfig) -> None:
+    """The store's cache folder renamed to the fingerprint ``encoder`` would have."""
+    from s2policy.features.cache import cache_fingerprint
+
+    fp = cache_fingerprint(ctx.store, build_encoder(encoder))
+    _cache_dir(ctx).rename(ctx.store / "features" / fp)
+
+
+NANO_ONE = EncoderConfig(backbone="vit_nano", scales=(32,))
+
+
+def _lerobot(ctx: Ctx, mutate=None) -> Path:
+    """The store exported to LeRobot (and changed by ``mutate(root)``)."""
+    from s2policy.data.lerobot_io import export_lerobot
+
+    root = export_lerobot(ctx.store, ctx.tmp / "lerobot")
+    if mutate is not None:
+        mutate(root)
+    return root
+
+
+def _rewrite_action(root: Path, as_type: str) -> None:
+    """The data file's action column rewritten as int64 (x 1000) or strings; info.json still
+    declares float32."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    file = root / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(file)
+    values = np.stack(table["action"].to_numpy(zero_copy_only=False))
+    column = (
+        pa.array(list((values * 1000).astype(np.int64)))
+        if as_type == "int"
+        else pa.array([[f"{v:.3f}" for v in row] for row in values])
+    )
+    table = table.set_column(table.schema.get_field_index("action"), "action", column)
+    pq.write_table(table, file)
+
+
+def _import_lerobot(ctx: Ctx, mutate) -> None:
+    from s2policy.data.lerobot_io import import_lerobot
+
+    import_lerobot(_lerobot(ctx, mutate), ctx.tmp / "imported.zarr")
+
+
+def _truncate_video(root: Path) -> None:
+    _truncate(next((root / "videos").rglob("*.mp4")))
+
+
+def _disk_full(target: str):
+    """A context in which the lowest file write of ``target`` raises ENOSPC (as a full disk
+    does; tests/test_disk_full.py fills a real small tmpfs)."""
+    import errno
+    from unittest import mock
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return mock.patch(target, full)
+
+
+def _collect_on_full_disk(ctx: Ctx):
+    with _disk_full("zarr.storage._local._put"):
+        collect_demos(CollectConfig(task=TASK, n_episodes=7, output=str(ctx.store)))
+
+
+def _cache_on_full_disk(ctx: Ctx):
+    with _disk_full("zarr.storage._local._put"):
+        build_cache(ctx.store, build_encoder(NANO_ONE), chunk_steps=64)
+
+
+def _checkpoint_on_full_disk(ctx: Ctx):
+    with _disk_full("pathlib.Path.write_bytes"):
+        _new_run(ctx)
+
+
+def _multipart_frame(ctx: Ctx):
+    """A two-frame request to a robot server over 127.0.0.1: its reply's sentence."""
+    import zmq
+
+    from s2policy.robot.remote import RobotServer, pack, unpack
+    from s2policy.robot.sim_robot import SimRobot
+
+    robot = SimRobot(TASK)
+    server = RobotServer(robot, "tcp://127.0.0.1:*").start()
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVTIMEO, 5000)
+        sock.connect(server.endpoint)
+        sock.send_multipart([pack({"op": "ping"}), b"more"])
+        reply = unpack(sock.recv())
+    finally:
+        sock.close()
+        server.stop()
+        robot.close()
+    raise RuntimeError(f"robot server: {reply['error']}")
+
+
+def _big_policy_json(ctx: Ctx) -> None:
+    from s2policy.policies.artifact import MAX_POLICY_JSON_BYTES
+
+    with open(ctx.ckpt / "policy.json", "r+b") as f:
+        f.truncate(MAX_POLICY_JSON_BYTES + 1)  # sparse: no disk is used
+
+
 CASES = [
     # collection and configs
     Case("collection", "unknown task name", lambda c: TaskConfig(name="lift"),
@@ -245,6 +365,26 @@ CASES = [
          lambda c: build_cache(c.store, build_encoder(NANO), chunk_steps=64),
          r"has \d+ computed chunks but no attributes .* it is kept: remove it with", "store",
          setup=_drop_cache_attrs),
+    Case("collection", "a second writer while a collection appends to the store",
+         lambda c: collect_demos(CollectConfig(task=TASK, n_episodes=7, output=str(c.store))),
+         r"is being written by this process \(pid <pid>: another writer object still open\) "
+         r"\(`<command>`, since <time>\); one writer per store", "store", setup=_hold_writer),
+    Case("collection", "`overwrite=true` onto a folder of the user's files",
+         lambda c: collect_demos(CollectConfig(task=TASK, n_episodes=1, overwrite=True,
+                                               output=str(_user_folder(c)))),
+         r"my_notes is a folder holding plan.txt that is not a ReplayBuffer store; "
+         r"overwrite=true replaces only"),
+    Case("collection", "a full disk while collecting", _collect_on_full_disk,
+         r"no space left on the device while writing .*; free some space, then rerun the same "
+         r"command: it continues after the last saved episode", "store"),
+    Case("cache", "a full disk while caching features", _cache_on_full_disk,
+         r"no space left on the device while writing the feature cache in .*: the chunks already "
+         r"computed are kept", "store"),
+    Case("cache", "a cache folder renamed to another encoder's fingerprint",
+         lambda c: _new_run(c, encoder=NANO_ONE),
+         r"feature cache folder features/<hash> in .* holds the features of another encoder or "
+         r"dataset .*it was renamed or copied there, so it is not used", "store",
+         setup=lambda c: _rename_cache_to(c, NANO_ONE)),
     # training
     Case("training", "`train.steps=0`", lambda c: TrainConfig(steps=0),
          r"train.steps must be >= 1, got 0"),
@@ -282,6 +422,9 @@ CASES = [
     Case("training", "resuming after a change of policy shape",
          lambda c: _train_with(c, resume=True, policy=small_mlp(hidden_dims=[64])),
          r"cannot resume .*policy.hidden_dims: \[32\] -> \[64\]", "run"),
+    Case("training", "a full disk while writing a checkpoint", _checkpoint_on_full_disk,
+         r"no space left on the device while writing .*/checkpoint.new; free some space, then "
+         r"resume with train.resume=true", "store"),
     # checkpoints
     Case("checkpoint", "no checkpoint at the path", lambda c: load(c.tmp / "nothing"),
          r"no policy checkpoint at .*train_policy.py"),
@@ -303,6 +446,17 @@ CASES = [
     Case("checkpoint", "a checkpoint from a newer s2policy", lambda c: load(c.run),
          r"has checkpoint version 99; upgrade s2policy", "run",
          setup=lambda c: _edit_json(c.ckpt / "policy.json", lambda i: i.update(version=99))),
+    Case("checkpoint", "truncated `policy.json`", lambda c: load(c.run),
+         r"policy.json is not valid JSON \(.* at line \d+ column \d+\): the checkpoint's "
+         r"policy.json is damaged or truncated", "run",
+         setup=lambda c: _truncate(c.ckpt / "policy.json")),
+    Case("checkpoint", "binary `policy.json`", lambda c: load(c.run),
+         r"policy.json is not text \(checkpoint's policy.json is UTF-8 JSON; byte 1 is not\)",
+         "run", setup=lambda c: (c.ckpt / "policy.json").write_bytes(b"{\xff\xfe\x00")),
+    Case("checkpoint", "a huge `policy.json` (sparse, 64 MiB + 1)", lambda c: load(c.run),
+         r"policy.json has <n> bytes, more than any checkpoint's policy.json may have "
+         r"\(64 MiB\)",
+         "run", setup=_big_policy_json),
     Case("checkpoint", "`training_state.pt` that needs code to load",
          lambda c: training_state(c.run), r"not a plain tensor file that s2policy wrote",
          "run", setup=_pickle_state),
@@ -321,6 +475,15 @@ CASES = [
          r"n_episodes and n_envs must be >= 1"),
     Case("evaluation", "`n_records=-1`", lambda c: EvalConfig(checkpoint="x", n_records=-1),
          r"n_videos and n_records >= 0"),
+    Case("evaluation", "`max_episode_steps=0`",
+         lambda c: EvalConfig(checkpoint="x", max_episode_steps=0),
+         r"max_episode_steps must be >= 1 \(null: the task's limit\), got 0"),
+    Case("evaluation", "a seed listed twice",
+         lambda c: EvalConfig(checkpoint="x", seeds=[100_000, 100_000, 7]),
+         r"seeds lists \[<n>\] more than once; .*count the same rollout twice"),
+    Case("evaluation", "`ensemble_decay=nan`",
+         lambda c: EvalConfig(checkpoint="x", ensemble_decay=float("nan")),
+         r"eval: ensemble_decay must be a finite number >= 0 or null, got nan"),
     Case("tracking", "`logger.backend=mlflow`", lambda c: LoggerConfig(backend="mlflow"),
          r"unknown logger 'mlflow'; known: none, tensorboard, wandb"),
     Case("feature approximation", "no source encoder", lambda c: ApproxConfig(sources=[]),
@@ -345,7 +508,44 @@ CASES = [
     Case("robomimic", "a source file that does not exist",
          lambda c: import_robomimic(c.tmp / "none.hdf5", c.tmp / "o.zarr"),
          r"no robomimic file at"),
+    Case("robomimic", "import with `overwrite=true` onto a folder of the user's files",
+         lambda c: import_robomimic(_robomimic_file(c), _user_folder(c), overwrite=True),
+         r"my_notes is a folder holding plan.txt that is not a ReplayBuffer store"),
+    Case("robomimic", "export onto its own source store",
+         lambda c: export_robomimic(c.store, c.store, overwrite=True),
+         r"cube_pick.zarr is the source of this command; overwrite=true would delete it", "store"),
+    Case("robomimic", "export of a store with a NaN action",
+         lambda c: export_robomimic(c.store, c.tmp / "out.hdf5"),
+         r"episode 1 has NaN or inf in 'action' \(first at step 3 of the episode\); fix or "
+         r"drop that episode before exporting \(nothing was written\)", "store",
+         setup=lambda c: _set_array(c.store, "data/action",
+                                    (ReplayBuffer.open(c.store).episode_ends[0] + 3, 1), np.nan)),
+    # LeRobot
+    Case("LeRobot", "export onto its own source store",
+         lambda c: export_lerobot(c.store, c.store, overwrite=True),
+         r"cube_pick.zarr is the source of this command; overwrite=true would delete it", "store"),
+    Case("LeRobot", "export into the folder that holds the source store",
+         lambda c: export_lerobot(c.store, c.tmp, overwrite=True),
+         r"holds <dir>/cube_pick.zarr, the source of this command; overwrite=true would delete "
+         r"it", "store"),
+    Case("LeRobot", "export of a store with a NaN action",
+         lambda c: export_lerobot(c.store, c.tmp / "out"),
+         r"episode 1 has NaN or inf in 'action' \(first at step 3 of the episode\)", "store",
+         setup=lambda c: _set_array(c.store, "data/action",
+                                    (ReplayBuffer.open(c.store).episode_ends[0] + 3, 1), np.nan)),
+    Case("LeRobot", "an `action` column of int64 (x 1000) under a float32 feature",
+         lambda c: _import_lerobot(c, lambda r: _rewrite_action(r, "int")),
+         r"file-000.parquet: column 'action' holds int64 values but meta/info.json declares "
+         r"float32"),
+    Case("LeRobot", "an `action` column of strings",
+         lambda c: _import_lerobot(c, lambda r: _rewrite_action(r, "str")),
+         r"file-000.parquet: column 'action' holds string values but meta/info.json declares "
+         r"float32"),
+    Case("LeRobot", "a truncated mp4", lambda c: _import_lerobot(c, _truncate_video),
+         r"episode \d+, observation.images.\w+: .*file-000.mp4 .*truncated or damaged"),
     # robot
+    Case("robot", "a multipart ZeroMQ request to the robot server", _multipart_frame,
+         r"robot server: bad request: one frame expected, got 2"),
     Case("robot", "a robot without the trained cameras and action size",
          lambda c: check_robot(ROBOT_SPEC, load(c.run)),
          r"the robot does not match the checkpoint: cameras \['wrist'\] missing.*action dim 4"),
@@ -403,6 +603,8 @@ def run_case(case: Case, ctx: Ctx) -> str:
     msg = str(err.value).replace(str(ctx.tmp), "<dir>")
     msg = re.sub(r"\b[0-9a-f]{16,}\b", "<hash>", msg)  # fingerprints, digests
     msg = re.sub(r"/\S*/pytest-\d+/[^/\s']+", "<tmp>", msg)  # the shared fixtures' folders
+    msg = re.sub(r"\(`[^`]*`, since [^)]*\)", "(`<command>`, since <time>)", msg)  # lock holder
+    msg = re.sub(r"\bpid \d+", "pid <pid>", msg)
     msg = re.sub(r"\b\d{4,}\b", "<n>", msg)  # compressed sizes, which depend on the frames
     assert re.search(case.error, msg), msg
     assert "\n" not in msg and "Traceback" not in msg, msg
@@ -443,4 +645,4 @@ def test_the_documented_table_is_current(source, trained, tmp_path, run_config):
     assert DOC.is_file() and DOC.read_text() == text, (
         "docs/bad_inputs.md is out of date: S2POLICY_WRITE_DOCS=1 pytest tests/test_bad_inputs.py"
     )
-    assert len(CASES) >= 30
+    assert len(CASES) >= 70

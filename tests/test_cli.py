@@ -157,3 +157,40 @@ def test_bad_input_on_the_command_line_is_one_sentence(tmp_path, capsys):
     assert exit.value.code == 2
     assert err.startswith("error: train.lr must be > 0") and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+def test_a_refused_resume_leaves_the_run_directory_and_its_hydra_record_unchanged(
+    demo_store, tmp_path, capsys
+):
+    """hydra's own .hydra/ record would be rewritten before the run's checks; train_policy.py
+    writes it only once training starts."""
+    import hashlib
+
+    run = tmp_path / "run"
+    args = [
+        f"dataset={demo_store}", "encoder=blind", "task.env.image_size=[32,32]",
+        "task.env.shadow_size=0", "train.steps=4", "train.log_every=2", "train.val_every=2",
+        "train.ckpt_every=2", "train.device=cpu", "policy.horizon=8", "policy.n_action_steps=4",
+        "policy.hidden_dims=[16]", f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    cli.train_main(args)
+    record = sorted(p.name for p in (run / ".hydra").iterdir())
+    assert record == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    assert "policy.hidden_dims=[16]" in (run / ".hydra/overrides.yaml").read_text()
+    assert "hidden_dims:\n  - 16" in (run / ".hydra/config.yaml").read_text()
+
+    def digest() -> str:
+        h = hashlib.sha256()
+        for p in sorted(run.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(run)).encode() + p.read_bytes())
+        return h.hexdigest()
+
+    before = digest()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        cli.train_main([*args[:-2], "policy.hidden_dims=[32]", f"hydra.run.dir={run}",
+                        "train.resume=true"])  # fmt: skip
+    assert exit.value.code == 2
+    assert "cannot resume" in capsys.readouterr().err
+    assert digest() == before  # .hydra/ included

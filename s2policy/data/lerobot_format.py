@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from s2policy.fileio import read_json
+
 CODEBASE_VERSION = "v3.0"
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
@@ -81,12 +83,45 @@ def to_column(values: np.ndarray, shape: list[int]) -> pa.Array:
     return flat if list(shape) == [1] else pa.FixedSizeListArray.from_arrays(flat, shape[0])
 
 
-def from_column(column: pa.ChunkedArray | pa.Array, shape: list[int], name: str) -> np.ndarray:
-    """A column of a data parquet back to ``(N, *shape)`` (``(N,)`` for a shape ``[1]``)."""
+def _kind(arrow: pa.DataType) -> str | None:
+    """numpy's kind letter of an Arrow value type (None: not a number)."""
+    if pa.types.is_floating(arrow):
+        return "f"
+    if pa.types.is_signed_integer(arrow):
+        return "i"
+    if pa.types.is_unsigned_integer(arrow):
+        return "u"
+    if pa.types.is_boolean(arrow):
+        return "b"
+    return None
+
+
+def from_column(
+    column: pa.ChunkedArray | pa.Array,
+    shape: list[int],
+    name: str,
+    dtype: str | None = None,
+    where: str | Path = "",
+) -> np.ndarray:
+    """A column of a data parquet back to ``(N, *shape)`` (``(N,)`` for a shape ``[1]``);
+    ``dtype`` is the feature's dtype in ``meta/info.json``, which the column's values must have
+    (same kind: float, signed or unsigned integer, bool); ``where`` names the file in errors."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(array)
     while pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type):
         array = array.flatten()
+    if dtype is not None:
+        try:
+            want = np.dtype(dtype).kind
+        except TypeError:
+            want = None
+        got = _kind(array.type)
+        if want is not None and got != want and not (want in "iu" and got in "iu"):
+            raise LeRobotFormatError(
+                f"{where}: column {name!r} holds {array.type} values but meta/info.json declares "
+                f"{dtype}: the data files do not match the dataset's info.json (written by "
+                "another tool, or edited); fix the column or its dtype in meta/info.json"
+            )
     values = array.to_numpy(zero_copy_only=False)
     per_row = int(np.prod(shape))
     if values.size != n * per_row:
@@ -156,9 +191,11 @@ def read_info(root: Path) -> tuple[dict[str, Any], int]:
     if not path.is_file():
         raise FileNotFoundError(f"no LeRobot dataset at {root}: {INFO_PATH} is missing")
     try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LeRobotFormatError(f"{path} is not valid JSON ({err})") from err
+        info = read_json(path, "LeRobot info.json", "restore the dataset's meta/ folder")
+    except ValueError as err:
+        raise LeRobotFormatError(str(err)) from None
+    if not isinstance(info, dict):
+        raise LeRobotFormatError(f"{path} holds a JSON {type(info).__name__}, not an object")
     missing = [k for k in ("codebase_version", "fps", "features") if k not in info]
     if missing:
         raise LeRobotFormatError(f"{path} lacks {missing}; it has {sorted(info)}")

@@ -9,7 +9,6 @@ the per-episode meta columns) is restored exactly; a foreign dataset is mapped b
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from s2policy.data.lerobot_format import (
     read_tasks,
 )
 from s2policy.data.lerobot_video import VideoReader
+from s2policy.fileio import read_json
 
 logger = logging.getLogger(__name__)
 _OURS = {v: k for k, v in FEATURES.items()}
@@ -57,7 +57,9 @@ class SourceDataset:
         self.root = root
         self.info, major = read_info(root)
         path = root / SIDECAR
-        self.sidecar = json.loads(path.read_text()) if path.is_file() else None
+        self.sidecar = (
+            read_json(path, "s2policy sidecar", "re-export the dataset") if path.is_file() else None
+        )
         self.plan = self._sidecar_plan() if self.sidecar else self._foreign_plan()
         videos = [f.name for f in self.plan if f.kind == "video"]
         self.episodes = read_episodes(root, self.info, major, videos)
@@ -216,7 +218,8 @@ class EpisodeReader:
         arrays = {}
         for f in self.dataset.plan:
             if f.kind == "column":
-                values = from_column(table[f.name], f.shape, f.name)
+                declared = self.dataset.info["features"][f.name]["dtype"]
+                values = from_column(table[f.name], f.shape, f.name, declared, episode["data"])
                 if f.step_shape is not None:
                     values = values.reshape(n, *f.step_shape)
                 arrays[f.key] = values.astype(f.dtype, copy=False)
@@ -238,14 +241,23 @@ class EpisodeReader:
 
     def _frames(self, name: str, path: Path, start: float, timestamps, index: int) -> np.ndarray:
         reader = self.videos.get(name)
-        if reader is None or reader.path != path:
-            if reader is not None:
-                reader.close()
-            reader = self.videos[name] = VideoReader(path)
         try:
+            if reader is None or reader.path != path:
+                if reader is not None:
+                    reader.close()
+                self.videos.pop(name, None)
+                reader = self.videos[name] = VideoReader(path)
             return reader.frames(start, timestamps, self.size)
-        except ValueError as err:
-            raise LeRobotFormatError(f"episode {index}, {name}: {err}") from err
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001  (PyAV raises many types for a damaged file)
+            text = str(err)
+            if str(path) not in text:
+                text = (
+                    f"{path} cannot be decoded ({type(err).__name__}: {err}): the video file is "
+                    "truncated or damaged; restore it"
+                )
+            raise LeRobotFormatError(f"episode {index}, {name}: {text}") from err
 
     def close(self) -> None:
         for reader in self.videos.values():

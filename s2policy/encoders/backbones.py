@@ -13,7 +13,6 @@ Weights are never downloaded at run time. ``weights`` may be:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,6 +22,8 @@ from typing import Any
 import timm
 import torch
 from torch import nn
+
+from s2policy.fileio import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def load_weights(model: nn.Module, weights: str | Path, name: str) -> str:
     state = read_state_dict(path)
     meta_file = path.with_suffix(".json")
     if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
+        meta = read_json(meta_file, "weights record", "restore it or remove it")
         if meta.get("backbone") not in (None, name):
             raise ValueError(
                 f"weights {path} were trained for backbone {meta['backbone']!r}, not {name!r}; "

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from envs.randomization import Randomization, as_randomization
 from s2policy.encoders.s2 import EncoderConfig
+from s2policy.policies.runner import check_ensemble_decay
 from s2policy.task import TaskConfig
 from s2policy.tracking import LoggerConfig
 
@@ -70,10 +71,21 @@ class EvalConfig:
             )
         if self.seeds is not None and not self.seeds:
             raise ValueError("eval: seeds must not be an empty list")
+        if self.seeds is not None:
+            repeated = sorted({s for s in self.seeds if list(self.seeds).count(s) > 1})
+            if repeated:
+                raise ValueError(
+                    f"eval: seeds lists {repeated} more than once; each seed is one episode, and "
+                    "a repeated one would count the same rollout twice in the rate and its interval"
+                )
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
+            raise ValueError(
+                f"eval: max_episode_steps must be >= 1 (null: the task's limit), got "
+                f"{self.max_episode_steps}"
+            )
         if self.infer_when_remaining < 0:
             raise ValueError("eval: infer_when_remaining must be >= 0")
-        if self.ensemble_decay is not None and self.ensemble_decay < 0:
-            raise ValueError("eval: ensemble_decay must be >= 0 or null")
+        check_ensemble_decay(self.ensemble_decay, "eval: ensemble_decay")
 
     def seed_list(self) -> list[int]:
         return list(self.seeds) if self.seeds else [self.seed + i for i in range(self.n_episodes)]

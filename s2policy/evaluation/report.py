@@ -22,7 +22,6 @@ task's variance Agresti-Coull-adjusted: (k + 2) / (n + 4), so 0 % tasks still co
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import numpy as np
 
 from s2policy.encoders.s2 import BLIND, ORACLE
 from s2policy.evaluation.stats import difference_interval, success_rate
+from s2policy.fileio import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ def write_report(
     only those tasks, in that order; ``approx`` names ``approx.json`` files whose R² fill the
     ``approx_r2`` column."""
     files = find_results(paths)
-    results = [json.loads(f.read_text()) for f in files]
+    results = [read_json(f, "evaluation results.json", "rerun that evaluation") for f in files]
     found = sorted({r["task"] for r in results})
     if tasks:
         missing = [t for t in tasks if t not in found]
@@ -477,7 +477,7 @@ def write_report(
                 f"approx file {path} not found: write it with python -m s2policy.evaluation.approx "
                 "... out=<folder>"
             )
-        attach_approx(rows, [json.loads(path.read_text())])
+        attach_approx(rows, [read_json(path, "approx.json", "rerun the approximation")])
     comparisons = equal_flops_comparisons(rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -327,7 +327,9 @@ def write_results(
         "eval": {
             "seeds": [e["seed"] for e in episodes],
             "n_envs": cfg.n_envs,
-            "max_episode_steps": cfg.max_episode_steps or trained.task.max_episode_steps,
+            "max_episode_steps": cfg.max_episode_steps
+            if cfg.max_episode_steps is not None
+            else trained.task.max_episode_steps,
             "use_ema": trained.used_ema,
             **runner.describe(),
             "randomization": task.env.randomization.to_dict(),

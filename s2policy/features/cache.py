@@ -45,7 +45,7 @@ from s2policy.data.replay_buffer import ChunkCheck, ReplayBuffer
 from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.encoders.s2 import S2Encoder
 from s2policy.features.augment import AugmentConfig, augment_frames, split_view, view_arrays
-from s2policy.fileio import crash_point
+from s2policy.fileio import crash_point, disk_full
 from s2policy.runtime import DTYPES
 
 logger = logging.getLogger(__name__)
@@ -331,6 +331,16 @@ def build_cache(
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     if batch_size < 1 or chunk_steps < 1:
         raise ValueError("batch_size and chunk_steps must be >= 1")
+    try:
+        return _build(store, encoder, cameras, batch_size, chunk_steps, dtype, on_chunk, augment)
+    except OSError as err:
+        rerun = "rerun the same command: the chunks already computed are kept"
+        if full := disk_full(err, f"the feature cache in {store}", rerun):
+            raise full from err
+        raise
+
+
+def _build(store, encoder, cameras, batch_size, chunk_steps, dtype, on_chunk, augment):
     rank, world = _dist_rank_world()
     buffer = ReplayBuffer.open(store)
     if buffer.n_steps == 0:

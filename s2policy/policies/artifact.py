@@ -15,24 +15,26 @@ Loading runs no code from the files (safetensors + JSON).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from s2policy.data.normalizer import Normalizer
 from s2policy.data.privileged import PRIVILEGED
 from s2policy.encoders.s2 import BLIND, EncoderConfig
-from s2policy.fileio import swap_in
+from s2policy.fileio import read_json, save_state, save_tensors, write_folder
 from s2policy.policies.base import POLICIES, Policy, make_policy
 from s2policy.task import TaskConfig
 
 FORMAT = "s2policy.policy"
 VERSION = 1
+#: Largest ``policy.json`` read (its normalizer statistics grow with the feature size: a few MB
+#: for token maps); a larger file is refused before it is read.
+MAX_POLICY_JSON_BYTES = 64 << 20
 #: The folder of the weights a run selected (``train.select``), beside ``checkpoint/``.
 BEST = "best"
 #: Policy fields added after checkpoints were first written, at the values those used (token
@@ -146,13 +148,6 @@ def save(
     run selected, which ``selection`` describes) and return its path."""
     run_dir = Path(run_dir)
     final, new = run_dir / name, run_dir / f"{name}.new"
-    shutil.rmtree(new, ignore_errors=True)
-    new.mkdir(parents=True)
-    save_file(_tensors(policy.state_dict()), str(new / "model.safetensors"))
-    if ema_state is not None:
-        save_file(_tensors(ema_state), str(new / "ema.safetensors"))
-    if training_state is not None:
-        torch.save(training_state, new / "training_state.pt")
     info = {
         "format": FORMAT,
         "version": VERSION,
@@ -170,8 +165,21 @@ def save(
     }
     if selection is not None:
         info["selection"] = selection
-    (new / "policy.json").write_text(json.dumps(info, indent=1, default=str))
-    return swap_in(new, final)
+
+    def write(folder: Path) -> None:
+        save_tensors(_tensors(policy.state_dict()), folder / "model.safetensors")
+        if ema_state is not None:
+            save_tensors(_tensors(ema_state), folder / "ema.safetensors")
+        if training_state is not None:
+            save_state(training_state, folder / "training_state.pt")
+        (folder / "policy.json").write_text(json.dumps(info, indent=1, default=str))
+
+    rerun = (
+        f"resume with train.resume=true (the run's previous {name}/ is kept)"
+        if training_state is not None
+        else "rerun (the previous checkpoint is kept)"
+    )
+    return write_folder(new, final, write, rerun)
 
 
 def _complete(ckpt: Path) -> bool:
@@ -210,8 +218,13 @@ def checkpoint_dir(path: str | Path) -> Path:
 def read_info(path: str | Path) -> dict[str, Any]:
     """The raw ``policy.json`` of a checkpoint (format and version checked)."""
     ckpt = checkpoint_dir(path)
-    info = json.loads((ckpt / "policy.json").read_text())
-    if info.get("format") != FORMAT:
+    info = read_json(
+        ckpt / "policy.json",
+        "checkpoint's policy.json",
+        "restore the checkpoint from a copy or retrain",
+        limit=MAX_POLICY_JSON_BYTES,
+    )
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise ValueError(f"{ckpt}/policy.json is not an s2policy checkpoint")
     if info.get("version", 0) > VERSION:
         raise ValueError(f"{ckpt} has checkpoint version {info['version']}; upgrade s2policy")

@@ -15,6 +15,7 @@ compensation stays in the loop).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,6 +30,12 @@ from s2policy.features.cache import encode_frames, stored
 from s2policy.policies.artifact import EncoderInfo, TrainedPolicy
 
 Observation = dict[str, np.ndarray]
+
+
+def check_ensemble_decay(value: float | None, name: str = "ensemble_decay") -> None:
+    """Temporal ensembling's decay: a finite number >= 0, or None (the newest chunk wins)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0 or null, got {value}")
 
 
 class LiveEncoder:
@@ -75,8 +82,7 @@ class ActionQueue:
     """
 
     def __init__(self, ensemble_decay: float | None = None):
-        if ensemble_decay is not None and ensemble_decay < 0:
-            raise ValueError(f"ensemble_decay must be >= 0 or None, got {ensemble_decay}")
+        check_ensemble_decay(ensemble_decay)
         self.decay = ensemble_decay
         self.chunks: list[tuple[int, np.ndarray]] = []  # (tick of its first action, (K, A))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from s2policy.policies.artifact import TrainedPolicy, load
-from s2policy.policies.runner import PolicyRunner
+from s2policy.policies.runner import PolicyRunner, check_ensemble_decay
 from s2policy.robot.interface import RobotInterface
 from s2policy.robot.log import RobotLog
 from s2policy.robot.loop import EpisodeReport, InferenceLoop, LoopConfig, summarize
@@ -65,6 +65,7 @@ class RobotRunConfig:
             raise ValueError(f"robot must be 'sim' or 'remote', got {self.robot!r}")
         if self.episodes < 1:
             raise ValueError("episodes must be >= 1")
+        check_ensemble_decay(self.ensemble_decay)
 
 
 def check_robot(spec: dict[str, Any], trained: TrainedPolicy) -> None:

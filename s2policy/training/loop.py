@@ -177,8 +177,14 @@ def train(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None
     return fit(cfg, on_log).checkpoint
 
 
-def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Train ``cfg.policy``; returns the final checkpoint and the cache it was trained on."""
+def fit(
+    cfg: RunConfig,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[], None] | None = None,
+) -> TrainResult:
+    """Train ``cfg.policy``; returns the final checkpoint and the cache it was trained on.
+    ``on_start()`` runs once every refusal check passed (nothing in the run directory changes
+    before it but the completion of an interrupted checkpoint swap)."""
     tcfg, (rank, world) = cfg.train, init_distributed()
     device = resolve_device(tcfg.device)
     dtype = resolve_dtype(tcfg.dtype, device)
@@ -201,6 +207,8 @@ def fit(cfg: RunConfig, on_log: Callable[[dict[str, Any]], None] | None = None) 
     prepared = prepare_data(cfg, device, dtype)
     if resumed is not None:
         check_resume_encoder(cfg, prepared, resumed)
+    if on_start is not None:
+        on_start()
     data = prepared.data
     policy = make_policy(
         cfg.policy, prepared.shape_meta, fit_normalizer(data, cfg.policy.normalize_features)

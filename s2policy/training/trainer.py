@@ -10,7 +10,6 @@ state belong to the caller; :meth:`Trainer.run` calls them back in a fixed order
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -22,7 +21,7 @@ import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 
-from s2policy.fileio import swap_in
+from s2policy.fileio import save_state, write_folder
 from s2policy.runtime import autocast
 
 #: The file of a checkpoint directory that holds the training state (optimizer, RNG, ...).
@@ -168,11 +167,14 @@ class Trainer:
         """Write ``<out_dir>/checkpoint``: ``write(folder)`` adds the model's files, then the
         training state; built in ``checkpoint.new`` and swapped in whole."""
         new, final = self.out_dir / "checkpoint.new", self.out_dir / "checkpoint"
-        shutil.rmtree(new, ignore_errors=True)
-        new.mkdir(parents=True)
-        write(new)
-        torch.save(self.state(), new / STATE_FILE)
-        return swap_in(new, final)
+
+        def write_all(folder: Path) -> None:
+            write(folder)
+            save_state(self.state(), folder / STATE_FILE)
+
+        return write_folder(
+            new, final, write_all, "resume with train.resume=true (the previous checkpoint is kept)"
+        )
 
     # -- one step ------------------------------------------------------------------------------
 

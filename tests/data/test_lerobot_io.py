@@ -476,3 +476,15 @@ def test_help_shows_the_usage_and_the_keys(capsys):
     out = capsys.readouterr().out
     assert exit.value.code == 0 and out.startswith("s2policy-lerobot: ") and "Usage:" in out
     assert "image_size: null" in out and "vcodec: h264" in out
+
+
+def test_export_overwrite_replaces_only_our_export(demo_store, exported, tmp_path):
+    out = tmp_path / "export"
+    shutil.copytree(exported, out)
+    export_lerobot(demo_store, out, overwrite=True)  # ours (meta/s2policy.json): replaced
+    theirs = tmp_path / "theirs"
+    shutil.copytree(exported, theirs)
+    (theirs / "meta/s2policy.json").unlink()  # a LeRobot dataset s2policy did not write
+    with pytest.raises(FileExistsError, match="not a LeRobot dataset exported by s2policy"):
+        export_lerobot(demo_store, theirs, overwrite=True)
+    assert (theirs / "meta/info.json").is_file()

@@ -295,3 +295,34 @@ def test_cli_bad_arguments_are_clear_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
         robomimic_io.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_overwrite_replaces_only_an_export_and_a_failed_export_leaves_nothing(
+    demo_store, tmp_path
+):
+    import shutil
+
+    import zarr
+
+    out = tmp_path / "demos.hdf5"
+    export_robomimic(demo_store, out)
+    export_robomimic(demo_store, out, overwrite=True)  # our own export: replaced
+    other = tmp_path / "other.hdf5"
+    with h5py.File(other, "w") as f:
+        f.create_group("data")  # robomimic's layout, but not written by s2policy
+    with pytest.raises(FileExistsError, match="not a robomimic file exported by s2policy"):
+        export_robomimic(demo_store, other, overwrite=True)
+    assert "s2policy" not in h5py.File(other, "r")["data"].attrs
+    store = tmp_path / "nan.zarr"
+    shutil.copytree(demo_store, store)
+    action = zarr.open_group(str(store), mode="r+")["data/action"]
+    values = action[:]
+    values[-1, 0] = np.nan  # the last episode: the file is half written when it is found
+    action[:] = values
+    with pytest.raises(ValueError, match=r"episode 5 has NaN or inf in 'action'"):
+        export_robomimic(store, tmp_path / "nan.hdf5")
+    with pytest.raises(FileExistsError, match="is the source of this command"):
+        export_robomimic(store, store, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "demos.hdf5", "nan.zarr", "other.hdf5"
+    ]  # fmt: skip  (no .partial left, nothing replaced)
