@@ -68,9 +68,11 @@ def test_a_checkpoint_on_a_full_disk_keeps_the_previous_one_and_resumes(
     folder, resize = tmpfs
     resize(4)
     run_dir = folder / "run"
-    args = ["train_policy.py", f"dataset={demo_store}", "encoder=blind", *SMALL,
-            "train.ckpt_every=20", "train.val_every=20", "train.log_every=20",
-            "train.device=cpu", "policy.hidden_dims=[256,256]", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    args = [
+        "train_policy.py", f"dataset={demo_store}", "encoder=blind", *SMALL,
+        "train.ckpt_every=20", "train.val_every=20", "train.log_every=20", "train.device=cpu",
+        "policy.hidden_dims=[256,256]", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
     first = run(*args, "train.steps=20")
     assert first.returncode == 0, first.stderr[-2000:]
     size = sum(p.stat().st_size for p in (run_dir / "checkpoint").iterdir())

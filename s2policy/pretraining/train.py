@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.backbones import build_backbone
 from s2policy.encoders.preprocess import frames_to_tensor
+from s2policy.fileio import save_tensors
 from s2policy.pretraining.mae import MaskedAutoencoder, s2_tiles
 from s2policy.runtime import resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
@@ -178,7 +179,7 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
 
     def save_mae(folder: Path) -> None:
         weights = {k: v.contiguous() for k, v in mae.state_dict().items()}
-        save_file(weights, str(folder / "mae.safetensors"))
+        save_tensors(weights, folder / "mae.safetensors")
 
     with tracker:
         trainer.run(
@@ -196,9 +197,7 @@ def save_weights(
     folder = Path(cfg.weights_dir or os.environ.get("S2POLICY_WEIGHTS_DIR", "weights"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{cfg.name}.safetensors"
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in mae.vit.state_dict().items()}, str(path)
-    )
+    save_tensors({k: v.detach().cpu().contiguous() for k, v in mae.vit.state_dict().items()}, path)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     meta = {
         "backbone": cfg.backbone,

@@ -297,9 +297,7 @@ def test_cli_bad_arguments_are_clear_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_overwrite_replaces_only_an_export_and_a_failed_export_leaves_nothing(
-    demo_store, tmp_path
-):
+def test_overwrite_replaces_only_an_export_and_a_failed_export_leaves_nothing(demo_store, tmp_path):
     import shutil
 
     import zarr
@@ -324,5 +322,7 @@ def test_overwrite_replaces_only_an_export_and_a_failed_export_leaves_nothing(
     with pytest.raises(FileExistsError, match="is the source of this command"):
         export_robomimic(store, store, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "demos.hdf5", "nan.zarr", "other.hdf5"
+        "demos.hdf5",
+        "nan.zarr",
+        "other.hdf5",
     ]  # fmt: skip  (no .partial left, nothing replaced)
