@@ -1,9 +1,15 @@
 """In-domain MAE pretraining of a registry ViT on demonstration and random-rollout frames.
 
+Whole episodes (``val_ratio`` of them) are held out: every ``val_every`` steps the masked-patch
+loss of up to ``val_frames`` of their frames (fixed masks) is measured, and with
+``stop.patience`` > 0 the run ends once that held-out loss has plateaued
+(:class:`~s2policy.pretraining.plateau.StopConfig`; ``steps`` is then the budget).
+
 Weights are saved as ``<weights_dir>/<name>.safetensors`` (the ViT's own state dict, so
-``encoder.weights=<name>`` loads them) plus ``<name>.json`` (backbone, tile size, steps, loss,
-frames, config). The run directory holds ``metrics.jsonl``, ``loss.png``, ``reconstruction.png``
-and ``checkpoint/`` (MAE weights + optimizer state) for ``resume=true``.
+``encoder.weights=<name>`` loads them) plus ``<name>.json`` (backbone, tile size, steps, epochs,
+losses, the held-out curve and stop rule, wall time, frames, config) and ``<name>.loss.png``
+(both curves). The run directory holds ``metrics.jsonl``, ``loss.png``, ``reconstruction.png``
+and ``checkpoint/`` (MAE weights + optimizer state + the plateau's state) for ``resume=true``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +28,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.encoders.backbones import build_backbone
 from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.fileio import save_tensors
+from s2policy.pretraining.frames import FrameSet, load_frames
 from s2policy.pretraining.mae import MaskedAutoencoder, s2_tiles
+from s2policy.pretraining.plateau import Plateau, StopConfig
 from s2policy.runtime import resolve_device, resolve_dtype
 from s2policy.task import TaskConfig
 from s2policy.tracking import LoggerConfig, open_tracker
@@ -53,11 +62,23 @@ class PretrainConfig:
     decoder_depth: int = 2
     decoder_heads: int = 4
     norm_pix_loss: bool = True
+    #: Training steps (with ``stop.patience`` > 0: the budget, ended early at a plateau).
     steps: int = 2000
     batch_size: int = 128
     lr: float = 1.5e-3
     weight_decay: float = 0.05
     warmup_steps: int = 100
+    #: ``cosine`` (to 0 at ``steps``) or ``constant`` after warm-up, decayed linearly after a
+    #: plateau (warmup-stable-decay: the plateau is the constant rate's, not the schedule's).
+    schedule: str = "cosine"
+    #: Fraction of the episodes held out (never trained on) for the held-out loss.
+    val_ratio: float = 0.1
+    #: Measure the held-out loss every this many steps (and at the last).
+    val_every: int = 250
+    #: Held-out frames measured (an evenly spaced fixed subset when there are more).
+    val_frames: int = 1024
+    #: Ending at a plateau of the held-out loss.
+    stop: StopConfig = field(default_factory=StopConfig)
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
@@ -83,47 +104,14 @@ class PretrainConfig:
             raise ValueError("steps, batch_size, log_every and ckpt_every must be >= 1")
         if self.random_frames < 0:
             raise ValueError("random_frames must be >= 0")
-
-
-def load_frames(cfg: PretrainConfig) -> np.ndarray:
-    """Every camera frame of ``cfg.datasets`` plus ``cfg.random_frames`` from random rollouts,
-    uint8 ``(N, H, W, 3)`` at one common size (the first source's)."""
-    frames: list[np.ndarray] = []
-    for path in cfg.datasets:
-        buf = ReplayBuffer.open(path)
-        if buf.n_steps == 0:
-            continue
-        for cam in buf.attrs.get("cameras", []):
-            frames.append(np.asarray(buf[cam][:]))
-    if cfg.random_frames:
-        frames.append(random_rollout_frames(cfg.task, cfg.random_frames, cfg.seed))
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        raise ValueError(
-            "no frames to pretrain on: the datasets hold no camera frames and random_frames=0; "
-            "collect demonstrations or set random_frames"
-        )
-    size = frames[0].shape[1:]
-    odd = [f.shape[1:] for f in frames if f.shape[1:] != size]
-    if odd:
-        raise ValueError(f"frames of different sizes {[size, *odd]}; use sources of one size")
-    return np.concatenate(frames)
-
-
-def random_rollout_frames(task: TaskConfig, n: int, seed: int) -> np.ndarray:
-    """``n`` frames (all cameras) of episodes driven by uniformly random actions."""
-    env = task.make_env()
-    rng = np.random.default_rng(seed)
-    out, episode = [], 0
-    obs, _ = env.reset(seed=10_000_000 + seed * 1000)
-    while len(out) < n:
-        out += [obs[c] for c in task.env.cameras]
-        obs, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, env.action_space.shape))
-        if terminated or truncated:
-            episode += 1
-            obs, _ = env.reset(seed=10_000_000 + seed * 1000 + episode)
-    env.close()
-    return np.stack(out[:n])
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        if not 0 <= self.val_ratio < 1:
+            raise ValueError(f"val_ratio must be in [0, 1), got {self.val_ratio}")
+        if self.val_every < 1 or self.val_frames < 1:
+            raise ValueError("val_every and val_frames must be >= 1")
+        if self.stop.enabled and self.val_ratio == 0:
+            raise ValueError("stop.patience needs held-out episodes (val_ratio > 0)")
 
 
 def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | None = None) -> Path:
@@ -133,7 +121,12 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tracker = open_tracker(cfg.logger, out, cfg.name, "pretrain", "pretrain", asdict(cfg))
-    frames = load_frames(cfg)
+    start = time.perf_counter()
+    frame_set = load_frames(cfg)
+    train_idx, val_idx = frame_set.split(cfg.val_ratio, cfg.seed)
+    frames = frame_set.images[train_idx]
+    if len(val_idx) > cfg.val_frames:  # an evenly spaced fixed subset
+        val_idx = val_idx[np.linspace(0, len(val_idx) - 1, cfg.val_frames).astype(int)]
     torch.manual_seed(cfg.seed)
     vit, bcfg = build_backbone(cfg.backbone, img_size=cfg.img_size, init_seed=cfg.seed)
     vit.requires_grad_(True).train()
@@ -161,10 +154,33 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
         generators={"data_rng": data_gen, "mask_rng": mask_gen},
         rate_key="images_per_s",
     )
+    plateau = Plateau(cfg.stop.patience, cfg.stop.min_rel_improvement)
     ckpt = out / "checkpoint"
     if cfg.resume and (ckpt / STATE_FILE).is_file():
         mae.load_state_dict(load_file(str(ckpt / "mae.safetensors")))
         logger.info("resumed MAE pretraining at step %d", trainer.resume(read_state(ckpt)))
+        if "plateau" in trainer.extra:
+            plateau.load(trainer.extra["plateau"])
+    wall_before = float(trainer.extra.get("wall_s", 0.0))
+    val_images = frame_set.images[val_idx]
+
+    def validate() -> dict[str, Any]:
+        """The held-out loss; at a plateau, the cooldown (or the end) is set."""
+        loss = heldout_loss(mae, val_images, cfg, mean, std)
+        if trainer.end_at is None and plateau.update(loss, trainer.step):
+            cooldown = int(round(cfg.stop.cooldown_fraction * trainer.step))
+            cooldown = cooldown if cfg.schedule == "constant" else 0
+            end = trainer.end_early(cooldown)
+            trainer.extra["plateau_step"] = trainer.step
+            logger.info(
+                "held-out loss plateaued at step %d (best %.4f at step %d): ending at step %d",
+                trainer.step, plateau.best, plateau.best_step, end,
+            )  # fmt: skip
+        elif trainer.end_at is not None:
+            plateau.update(loss, trainer.step)  # the cooldown's points: best loss kept
+        trainer.extra["plateau"] = plateau.state()
+        trainer.extra["wall_s"] = wall_before + time.perf_counter() - start
+        return {"heldout_loss": loss}
 
     def batch() -> torch.Tensor:
         """Frames drawn at one of ``cfg.scales``, normalized and cut into S²-style tiles."""
@@ -187,34 +203,92 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
             loss=lambda images: mae(images, mask_gen)[0],
             on_checkpoint=lambda: trainer.save_checkpoint(save_mae),
             on_log=tracker.chain(on_log),
+            validate=validate if len(val_images) else None,
+            val_every=cfg.val_every,
         )
-    return save_weights(cfg, mae, bcfg, frames, out)
+    trainer.extra["wall_s"] = wall_before + time.perf_counter() - start
+    summary = {
+        "steps_done": trainer.step,
+        "epochs": trainer.step * cfg.batch_size / max(1, len(frames)),
+        "train_frames": int(len(frames)),
+        "heldout_frames": int(len(val_images)),
+        "heldout_episodes": int(len(np.unique(frame_set.episodes[val_idx]))),
+        "episodes": int(len(np.unique(frame_set.episodes))),
+        "stop_rule": cfg.stop.rule(),
+        "plateau_step": trainer.extra.get("plateau_step"),
+        "stopped": "plateau" if trainer.extra.get("plateau_step") is not None else "budget",
+        "best_heldout_loss": plateau.best if len(val_images) else None,
+        "wall_s": trainer.extra["wall_s"],
+    }
+    return save_weights(cfg, mae, bcfg, frame_set, out, summary)
+
+
+@torch.no_grad()
+def heldout_loss(
+    mae: MaskedAutoencoder,
+    images: np.ndarray,
+    cfg: PretrainConfig,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+) -> float:
+    """Mean masked-patch loss of held-out frames ``(N, H, W, 3)`` at every pretraining scale,
+    with the same masks at every evaluation (a fixed generator): differences between two
+    evaluations are the model's, not the masks'."""
+    was_training = mae.training
+    mae.eval()
+    device = mean.device
+    gen = torch.Generator(device).manual_seed(12345)
+    total, count = 0.0, 0
+    try:
+        for scale in cfg.scales:
+            for s in range(0, len(images), cfg.batch_size):
+                x = (frames_to_tensor(images[s : s + cfg.batch_size], device) - mean) / std
+                tiles = s2_tiles(x, scale, cfg.img_size)
+                for t in range(0, len(tiles), cfg.batch_size):
+                    part = tiles[t : t + cfg.batch_size]
+                    total += float(mae(part, gen)[0]) * len(part)
+                    count += len(part)
+    finally:
+        mae.train(was_training)
+    return total / max(1, count)
 
 
 def save_weights(
-    cfg: PretrainConfig, mae: MaskedAutoencoder, bcfg: dict, frames: np.ndarray, out: Path
+    cfg: PretrainConfig,
+    mae: MaskedAutoencoder,
+    bcfg: dict,
+    frames: FrameSet,
+    out: Path,
+    summary: dict[str, Any],
 ) -> Path:
     folder = Path(cfg.weights_dir or os.environ.get("S2POLICY_WEIGHTS_DIR", "weights"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{cfg.name}.safetensors"
     save_tensors({k: v.detach().cpu().contiguous() for k, v in mae.vit.state_dict().items()}, path)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    heldout = [[r["step"], r["heldout_loss"]] for r in records if "heldout_loss" in r]
     meta = {
         "backbone": cfg.backbone,
         "img_size": cfg.img_size,
         "method": "mae",
-        "steps": cfg.steps,
-        "final_loss": records[-1]["loss"] if records else None,
+        "steps": summary["steps_done"],
+        "step_budget": cfg.steps,
+        "final_loss": train[-1]["loss"] if train else None,
+        "final_heldout_loss": heldout[-1][1] if heldout else None,
         "frames": int(len(frames)),
+        **summary,
+        "heldout_curve": heldout,
         "config": asdict(cfg),
         "run_dir": str(out),
     }
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1, default=str))
-    plot_loss(records, out / "loss.png")
+    plot_loss(records, out / "loss.png", summary.get("plateau_step"))
+    shutil.copyfile(out / "loss.png", path.with_suffix(".loss.png"))
     mae.eval()
     mean = torch.tensor(bcfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(bcfg["std"]).view(1, 3, 1, 1)
-    sample = frames[np.linspace(0, len(frames) - 1, 6).astype(int)]
+    sample = frames.images[np.linspace(0, len(frames) - 1, 6).astype(int)]
     device = next(mae.parameters()).device
     images = (frames_to_tensor(sample, device) - mean.to(device)) / std.to(device)
     images = s2_tiles(images, cfg.img_size, cfg.img_size)
@@ -226,14 +300,28 @@ def save_weights(
     return path
 
 
-def plot_loss(records: list[dict], path: Path) -> None:
+def plot_loss(records: list[dict], path: Path, plateau_step: int | None = None) -> None:
+    """The training loss (windows) and the held-out loss against steps, the plateau marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records])
+    train = [r for r in records if "loss" in r]
+    heldout = [r for r in records if "heldout_loss" in r]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="training (window)")
+    if heldout:
+        ax.plot(
+            [r["step"] for r in heldout],
+            [r["heldout_loss"] for r in heldout],
+            "o-",
+            ms=3,
+            label="held-out episodes",
+        )
+    if plateau_step is not None:
+        ax.axvline(plateau_step, color="0.5", ls="--", lw=1, label="plateau: cooldown")
+    ax.legend(fontsize=7)
     ax.set_xlabel("step")
     ax.set_ylabel("masked-patch loss")
     ax.set_yscale("log")

@@ -1,7 +1,8 @@
 """The optimization loop shared by policy training (``training/loop.py``) and MAE pretraining
-(``pretraining/train.py``): AdamW with a cosine schedule and warm-up, autocast, gradient
+(``pretraining/train.py``): AdamW with a cosine schedule and warm-up (or warm-up, a constant rate
+and a linear decay started by the caller: :class:`WarmupStableDecay`), autocast, gradient
 clipping, optional EMA, random generators saved and restored for a bit-exact resume, windowed
-``metrics.jsonl`` logging and periodic checkpoints.
+``metrics.jsonl`` logging, periodic checkpoints and an early end (:meth:`Trainer.end_early`).
 
 What a step computes, which batch it sees and what a checkpoint holds besides the training
 state belong to the caller; :meth:`Trainer.run` calls them back in a fixed order.
@@ -56,6 +57,31 @@ def keep_metrics_until(path: Path, step: int) -> None:
         tmp.replace(path)
 
 
+#: Learning-rate schedules (``schedule`` of a config; policies use ``cosine``).
+SCHEDULES = ("cosine", "constant")
+
+
+class WarmupStableDecay:
+    """The ``constant`` schedule's factor of the learning rate: a linear warm-up over ``warmup``
+    steps, then 1 until :meth:`decay` starts a linear decay to 0 (warmup-stable-decay). A
+    callable object, so ``LambdaLR`` saves its attributes with the scheduler's state."""
+
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+        self.start: int | None = None
+        self.end: int | None = None
+
+    def decay(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        if self.start is None:
+            return 1.0
+        return max(0.0, (self.end - step) / max(1, self.end - self.start))
+
+
 class Schedule(Protocol):
     """The run-config fields a Trainer reads (``TrainConfig`` and ``PretrainConfig`` have them)."""
 
@@ -104,10 +130,21 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas
         )
-        self.scheduler = get_cosine_schedule_with_warmup(
-            self.optimizer, cfg.warmup_steps, cfg.steps
-        )
+        kind = getattr(cfg, "schedule", "cosine")
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {kind!r}; known: {', '.join(SCHEDULES)}")
+        self.lr_factor = WarmupStableDecay(cfg.warmup_steps) if kind == "constant" else None
+        if self.lr_factor is not None:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        else:
+            self.scheduler = get_cosine_schedule_with_warmup(
+                self.optimizer, cfg.warmup_steps, cfg.steps
+            )
         self.steps, self.log_every, self.ckpt_every = cfg.steps, cfg.log_every, cfg.ckpt_every
+        #: The step an early end (:meth:`end_early`) set; ``None``: the budget ``cfg.steps``.
+        self.end_at: int | None = None
+        #: The caller's own state, saved with the training state (plain values and tensors).
+        self.extra: dict[str, Any] = {}
         self.out_dir = Path(out_dir)
         self.device, self.dtype = torch.device(device), dtype
         self.samples_per_step, self.grad_clip = samples_per_step, grad_clip
@@ -133,7 +170,21 @@ class Trainer:
             state[name] = gen.get_state().cpu()
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.end_at is not None:
+            state["end_at"] = self.end_at
+        if self.extra:
+            state["extra"] = self.extra
         return state
+
+    def end_early(self, steps_left: int) -> int:
+        """End the run ``steps_left`` steps from now (or at its budget, if sooner); with the
+        ``constant`` schedule the learning rate decays linearly to 0 over those steps. Returns
+        the step the run ends at."""
+        end = min(self.steps, self.step + max(0, steps_left))
+        self.end_at = self.steps = end
+        if self.lr_factor is not None:
+            self.lr_factor.decay(self.step, end)
+        return end
 
     def resume(self, state: dict[str, Any]) -> int:
         """Continue from :meth:`state` (the model's weights are the caller's); returns the step."""
@@ -151,6 +202,10 @@ class Trainer:
                     "was trained on (train.device=...) for an exact continuation"
                 ) from err
         self.step = int(state["step"])
+        self.extra = dict(state.get("extra", {}))
+        if state.get("end_at") is not None:
+            self.end_at = int(state["end_at"])
+            self.steps = min(self.steps, self.end_at)
         return self.step
 
     def ema_weights(self) -> dict[str, torch.Tensor] | None:
@@ -238,9 +293,10 @@ class Trainer:
 
         Each step draws ``next_batch()`` (outside autocast) and minimizes ``loss(batch)``.
         Every ``log_every`` steps and at the last, a window record is logged; every
-        ``val_every`` steps and at the last, ``validate()``'s entries are added to it.
-        ``on_checkpoint()`` runs every ``ckpt_every`` steps before the last, and once at the end.
-        ``metrics.jsonl`` is appended to when resuming (``step > 0``), rewritten otherwise.
+        ``val_every`` steps and at the last, ``validate()``'s entries are added to it
+        (``validate`` may call :meth:`end_early`). ``on_checkpoint()`` runs every ``ckpt_every``
+        steps before the last, and once at the end. ``metrics.jsonl`` is appended to when
+        resuming (``step > 0``), rewritten otherwise.
         """
         metrics = None
         if self.rank == 0:
@@ -253,15 +309,14 @@ class Trainer:
         try:
             while self.step < self.steps:
                 self.train_step(partial(loss, next_batch()))
-                last = self.step == self.steps
                 record = None
-                if self.step % self.log_every == 0 or last:
+                if self.step % self.log_every == 0 or self.step >= self.steps:
                     record = self.window_record()
-                if validate is not None and (self.step % val_every == 0 or last):
+                if validate is not None and (self.step % val_every == 0 or self.step >= self.steps):
                     record = {**(record or {"step": self.step}), **validate()}
                 if record is not None:
                     self.log(record, metrics, on_log)
-                if self.step % self.ckpt_every == 0 and not last:
+                if self.step % self.ckpt_every == 0 and self.step < self.steps:
                     on_checkpoint()
             return on_checkpoint()
         finally:

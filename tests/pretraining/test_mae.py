@@ -8,7 +8,10 @@ from s2policy.encoders.backbones import build_backbone
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.features.cache import fingerprint
 from s2policy.pretraining.mae import MaskedAutoencoder, random_masking, s2_tiles
-from s2policy.pretraining.train import PretrainConfig, load_frames, pretrain
+from s2policy.pretraining.frames import heldout_split, load_frames
+from s2policy.pretraining.plateau import Plateau, StopConfig
+from s2policy.pretraining.train import PretrainConfig, pretrain
+from s2policy.training.trainer import WarmupStableDecay
 from s2policy.task import TaskConfig
 
 TINY_TASK = TaskConfig(env={"image_size": (32, 32), "shadow_size": 0})
@@ -185,7 +188,8 @@ def test_random_rollout_frames_and_empty_frame_set(tmp_path):
         load_frames(empty)
     rollouts = PretrainConfig(datasets=[], random_frames=10, task=TINY_TASK)
     frames = load_frames(rollouts)
-    assert frames.shape == (10, 32, 32, 3) and frames.dtype == np.uint8
+    assert frames.images.shape == (10, 32, 32, 3) and frames.images.dtype == np.uint8
+    assert len(frames.episodes) == 10 and (frames.episodes >= 1_000_000).all()
 
 
 @pytest.mark.parametrize(
@@ -194,3 +198,97 @@ def test_random_rollout_frames_and_empty_frame_set(tmp_path):
 def test_bad_pretrain_config(kw, match):
     with pytest.raises(ValueError, match=match):
         PretrainConfig(img_size=32, **kw)
+
+
+# ---------------------------------------------------------------- held-out loss and plateau
+def test_heldout_split_holds_out_whole_episodes_disjoint_from_training(demo_store):
+    frames = load_frames(PretrainConfig(datasets=[str(demo_store)], task=TINY_TASK))
+    train, held = frames.split(0.34, seed=3)
+    assert len(np.intersect1d(train, held)) == 0 and len(train) + len(held) == len(frames)
+    held_eps = set(frames.episodes[held].tolist())
+    assert held_eps and held_eps.isdisjoint(frames.episodes[train].tolist())  # whole episodes
+    assert len(held_eps) == 2  # 34 % of 6 episodes
+    again, _ = frames.split(0.34, seed=3)
+    np.testing.assert_array_equal(train, again)  # a seed's split is reproducible
+    assert len(heldout_split(np.arange(5), 0.0, 0)[1]) == 0
+    assert len(heldout_split(np.arange(5), 0.01, 0)[1]) == 1  # at least one episode
+    with pytest.raises(ValueError, match="val_ratio"):
+        heldout_split(np.arange(5), 1.0, 0)
+
+
+def test_plateau_rule_counts_against_the_last_improvement_that_counted():
+    p = Plateau(patience=3, min_rel_improvement=0.01)
+    fired = [p.update(x, step) for step, x in enumerate([1.0, 0.9, 0.895, 0.893, 0.892])]
+    assert fired == [False, False, False, False, True]  # 3 evaluations under 1 % below 0.9
+    assert p.best == 0.892 and p.best_step == 4
+    slow = Plateau(patience=3, min_rel_improvement=0.01)
+    # 0.6 % per evaluation: each pair adds up to > 1 % against the anchor, so it never fires
+    assert not any(slow.update(0.994**k, k) for k in range(30))
+    again = Plateau(3, 0.01)
+    again.load(p.state())
+    assert again.update(0.9, 5) and again.state() == {**p.state(), "since": 4}
+    with pytest.raises(ValueError, match="diverged"):
+        Plateau(3, 0.01).update(float("nan"), 7)
+    assert "plateau when 4 held-out evaluations" in StopConfig(patience=4).rule()
+    with pytest.raises(ValueError, match="stop.patience"):
+        StopConfig(patience=-1)
+
+
+def test_warmup_stable_decay_factor_and_its_saved_state():
+    f = WarmupStableDecay(warmup=4)
+    assert [f(s) for s in (0, 2, 4, 100)] == [0.0, 0.5, 1.0, 1.0]
+    f.decay(100, 120)
+    assert [f(s) for s in (100, 110, 120, 130)] == [1.0, 0.5, 0.0, 0.0]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
+    g = WarmupStableDecay(warmup=4)
+    torch.optim.lr_scheduler.LambdaLR(opt, g).load_state_dict(sched.state_dict())
+    assert (g.start, g.end) == (100, 120)  # a resumed run keeps its cooldown
+
+
+def test_pretraining_ends_at_a_plateau_and_records_the_heldout_curve(tmp_path, demo_store):
+    # min_rel_improvement 0.99: no evaluation can improve enough, so the 2nd one fires
+    cfg = tiny_cfg(demo_store, tmp_path, steps=60, val_every=4, val_frames=16, val_ratio=0.34,
+                   log_every=4, warmup_steps=2, schedule="constant",
+                   stop=StopConfig(patience=1, min_rel_improvement=0.99, cooldown_fraction=0.5))  # fmt: skip
+    path = pretrain(cfg)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["stopped"] == "plateau" and meta["plateau_step"] == 8
+    assert meta["steps"] == 12 and meta["step_budget"] == 60  # 8 + a cooldown of 0.5 x 8
+    assert [s for s, _ in meta["heldout_curve"]] == [4, 8, 12]
+    assert meta["heldout_episodes"] == 2 and meta["heldout_frames"] == 16
+    assert meta["epochs"] == pytest.approx(12 * 8 / meta["train_frames"])
+    assert "plateau when 1 held-out evaluations" in meta["stop_rule"] and meta["wall_s"] > 0
+    assert path.with_suffix(".loss.png").is_file()
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").open()]
+    lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
+    assert lrs[8] == pytest.approx(cfg.lr) and lrs[12] == pytest.approx(0.0)  # the cooldown
+
+
+def test_a_resumed_run_keeps_its_plateau_and_ends_at_the_same_weights(tmp_path, demo_store):
+    def cfg(run, resume=False):
+        return tiny_cfg(demo_store, tmp_path, run=run, steps=40, val_every=4, val_frames=16,
+                        val_ratio=0.34, log_every=4, ckpt_every=4, warmup_steps=2,
+                        schedule="constant", resume=resume,
+                        stop=StopConfig(patience=1, min_rel_improvement=0.99,
+                                        cooldown_fraction=1.0))  # fmt: skip
+
+    full = pretrain(cfg("full"))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_12(record):
+        if record["step"] == 12:  # after the plateau (step 8), inside the cooldown
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        pretrain(cfg("cut"), on_log=stop_at_12)
+    resumed = pretrain(cfg("cut", resume=True))
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(full)), load_file(str(resumed))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    meta = json.loads(resumed.with_suffix(".json").read_text())
+    assert meta["plateau_step"] == 8 and meta["steps"] == 16
