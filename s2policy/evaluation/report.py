@@ -33,7 +33,15 @@ from typing import Any
 import numpy as np
 
 from s2policy.encoders.s2 import BLIND, ORACLE
-from s2policy.evaluation.stats import difference_interval, success_rate
+from s2policy.evaluation.ladder import (
+    BLIND_LABEL,
+    ORACLE_LABEL,
+    comparison_sentence,
+    demos_table,
+    equal_flops_comparisons,
+    plot_demos,
+)
+from s2policy.evaluation.stats import success_rate
 from s2policy.fileio import read_json
 
 logger = logging.getLogger(__name__)
@@ -50,13 +58,8 @@ RECIPE_DEFAULT_POOL = "cls"
 #: The prediction horizon of runs whose results do not record one (they all used 16); any
 #: other horizon is part of the recipe (``horizon 2``).
 RECIPE_DEFAULT_HORIZON = 16
-BLIND_LABEL, ORACLE_LABEL = "blind (state only)", "oracle (privileged state)"
 #: What identifies a configuration across tasks (the summary's rows).
 CONFIG_KEYS = ("demos", "backbone", "scales", "weights", "policy", "recipe", "randomization")
-#: What two rows must share to be compared as S² vs single scale (encoder aside).
-COMPARE_KEYS = ("task", "dataset", "demos", "policy", "recipe", "randomization")
-#: Two encoders cost "equal FLOPs" when their GFLOPs per image differ by at most this factor.
-EQUAL_FLOPS_TOLERANCE = 1.25
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:
@@ -163,6 +166,7 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 sorted(seeds),
             )
         probes = [r["probe"] for r in runs if r.get("probe")]
+        seed_lists = {tuple(r.get("eval", {}).get("seeds") or ()) for r in runs}
 
         def probe_mean(key, probes=probes):
             values = [p[key] for p in probes if key in p]
@@ -193,6 +197,8 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "episodes": n,
                 "seeds": len(seeds),
                 "seed_rates": " ".join(f"s{s}:{100 * v:.0f}%" for s, v in by_seed),
+                # the evaluation seeds every run of the row ran (None: they differ)
+                "eval_seeds": next(iter(seed_lists)) if len(seed_lists) == 1 else None,
                 "approx_r2": None,
             }
         )
@@ -217,56 +223,6 @@ def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 for o in group
             )
     return rows
-
-
-def is_s2(row: dict[str, Any]) -> bool:
-    return "," in row["scales"]
-
-
-def equal_flops_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each S² row against the single-scale row of another backbone closest in GFLOPs per image
-    (within :data:`EQUAL_FLOPS_TOLERANCE`), on the same task, data, policy and recipe, both with
-    pretrained or both with random weights: the paper's question. ``difference`` = S² rate -
-    single-scale rate with its Newcombe interval (episodes taken as independent, so seeds that
-    disagree widen it less than they should; the rows list each seed's rate)."""
-    out = []
-    for r in (r for r in rows if is_s2(r)):
-        peers = [
-            o
-            for o in rows
-            if o["backbone"] not in (BLIND_LABEL, ORACLE_LABEL, r["backbone"])
-            and not is_s2(o)
-            and all(o[k] == r[k] for k in COMPARE_KEYS)
-            and (o["weights"] == "random") == (r["weights"] == "random")  # both trained or not
-            and o["gflops_per_img"] > 0
-            and max(o["gflops_per_img"], r["gflops_per_img"])
-            <= EQUAL_FLOPS_TOLERANCE * min(o["gflops_per_img"], r["gflops_per_img"])
-        ]
-        if not peers:
-            continue
-        o = min(peers, key=lambda o: abs(np.log(o["gflops_per_img"] / r["gflops_per_img"])))
-        diff, low, high = difference_interval(
-            r["successes"], r["episodes"], o["successes"], o["episodes"]
-        )
-        out.append({"s2": r, "single": o, "difference": diff, "low": low, "high": high})
-    return out
-
-
-def comparison_sentence(c: dict[str, Any]) -> str:
-    r, o = c["s2"], c["single"]
-
-    def name(row):
-        weights = "" if row["weights"] in ("-", "random") else f" ({row['weights']})"
-        return f"`{row['backbone']}` {row['scales']}{weights}"
-
-    verdict = "better" if c["low"] > 0 else "worse" if c["high"] < 0 else "no difference shown"
-    return (
-        f"{r['task']}: S² {name(r)} vs the single-scale {name(o)} of equal FLOPs "
-        f"({r['gflops_per_img']:.3f} vs {o['gflops_per_img']:.3f} GFLOPs/img): "
-        f"{100 * c['difference']:+.1f} points [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] "
-        f"(95 % CI of the difference, Newcombe; {r['episodes']} vs {o['episodes']} episodes, "
-        f"{r['recipe']}) — {verdict}."
-    )
 
 
 def attach_approx(rows: list[dict[str, Any]], approx: list[dict[str, Any]]) -> None:
@@ -507,12 +463,17 @@ def write_report(
         md += f"### {task}\n\n" + to_markdown([r for r in rows if r["task"] == task]) + "\n"
         sentences = [comparison_sentence(c) for c in comparisons if c["s2"]["task"] == task]
         md += "".join(f"- {line}\n" for line in sentences) + ("\n" if sentences else "")
+        by_demos = demos_table(rows, task)
+        if by_demos:
+            md += f"#### {task}: success by number of demonstrations\n\n{by_demos}\n"
     (out / "report.md").write_text(md)
     with (out / "report.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    return md, [*written, plot(rows, out / "success_vs_gflops.png", tasks)]
+    written.append(plot(rows, out / "success_vs_gflops.png", tasks))
+    demos_plot = plot_demos(rows, out / "success_vs_demos.png", tasks)
+    return md, [*written, *([demos_plot] if demos_plot else [])]
 
 
 @dataclass

@@ -308,7 +308,7 @@ def write_results(
         "policy": trained.policy.name,
         "train_seed": trained.provenance.train_seed,
         "dataset": trained.provenance.dataset,
-        "demos": trained.provenance.dataset_episodes,
+        "demos": trained.provenance.demos,
         "encoder": encoder_summary(trained, runner, task),
         # Augmented views per frame in the feature cache it was trained on (0: none).
         "augment_views": int(

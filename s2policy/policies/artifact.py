@@ -72,6 +72,11 @@ class Provenance:
     def train_seed(self) -> int:
         return int(self.config.get("train", {}).get("seed", 0))
 
+    @property
+    def demos(self) -> int | None:
+        """The demonstrations the policy trained on (``train.n_demos``, else the store's)."""
+        return self.config.get("train", {}).get("n_demos") or self.dataset_episodes
+
 
 @dataclass
 class TrainedPolicy:

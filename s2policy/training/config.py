@@ -29,6 +29,10 @@ class TrainConfig:
     warmup_steps: int = 100
     #: Gradient-norm clipping (0: off).
     grad_clip: float = 1.0
+    #: Train on the store's first ``n_demos`` episodes only (null: all of them); ``val_ratio``
+    #: of those are held out. For success against the number of demonstrations: one store and
+    #: one feature cache serve every count.
+    n_demos: int | None = None
     #: Fraction of episodes held out for the validation loss.
     val_ratio: float = 0.1
     val_every: int = 200
@@ -78,6 +82,8 @@ class TrainConfig:
             raise ValueError("train.lr must be > 0 and weight_decay, grad_clip, warmup_steps >= 0")
         if not 0 <= self.val_ratio < 1:
             raise ValueError(f"train.val_ratio must be in [0, 1), got {self.val_ratio}")
+        if self.n_demos is not None and self.n_demos < 1:
+            raise ValueError(f"train.n_demos must be >= 1 or null, got {self.n_demos}")
         if self.select not in SELECT:
             raise ValueError(f"unknown train.select {self.select!r}; known: {', '.join(SELECT)}")
         if self.select == "val_loss" and self.val_ratio == 0:

@@ -39,6 +39,7 @@ class CachedFeatureData:
         cameras: cameras whose features are observed.
         windows: observation/action window sizes.
         val_ratio, seed: episode split.
+        n_episodes: use the store's first ``n_episodes`` episodes only (None: all).
         device: where the tensors live (GPU memory for fast training when it fits).
         extra: more per-step feature arrays ``(T, D)`` observed like cameras' features (the
             oracle's privileged state).
@@ -54,10 +55,18 @@ class CachedFeatureData:
         seed: int = 0,
         device: torch.device | str = "cpu",
         extra: dict[str, np.ndarray] | None = None,
+        n_episodes: int | None = None,
     ):
         buffer = ReplayBuffer.open(store)
         if buffer.n_episodes == 0:
             raise ValueError(f"{store} holds no episodes")
+        if n_episodes is not None and n_episodes > buffer.n_episodes:
+            raise ValueError(
+                f"train.n_demos={n_episodes} but {store} holds {buffer.n_episodes} episodes; "
+                "collect more (collect_demos.py n_episodes=...) or lower n_demos"
+            )
+        #: The episodes windows are drawn from (the store's first ones).
+        self.n_episodes = n_episodes or buffer.n_episodes
         self.cameras = list(cameras)
         self.windows = windows
         self.device = torch.device(device)
@@ -100,7 +109,7 @@ class CachedFeatureData:
             check_finite(repr(key), values, "; fix or drop those episodes before training")
             self.arrays[key] = torch.from_numpy(np.asarray(values, np.float32)).to(self.device)
             self.cameras.append(key)
-        self.train_episodes, self.val_episodes = split_episodes(buffer.n_episodes, val_ratio, seed)
+        self.train_episodes, self.val_episodes = split_episodes(self.n_episodes, val_ratio, seed)
         ends = buffer.episode_ends
         self.index = {
             split: torch.from_numpy(

@@ -150,7 +150,15 @@ def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> Prep
         del encoder
     windows = WindowSpec(cfg.policy.n_obs_steps, cfg.policy.horizon, cfg.policy.n_action_steps)
     data = CachedFeatureData(
-        cfg.dataset, cache, cameras, windows, cfg.train.val_ratio, cfg.train.seed, device, extra
+        cfg.dataset,
+        cache,
+        cameras,
+        windows,
+        cfg.train.val_ratio,
+        cfg.train.seed,
+        device,
+        extra,
+        cfg.train.n_demos,
     )
     return PreparedData(data, task, encoder_info, cache, store.n_episodes, layouts)
 

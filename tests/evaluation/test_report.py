@@ -214,7 +214,7 @@ def test_equal_flops_sentence_uses_the_difference_interval(tmp_path):
         "- cube_pick: S² `vit_micro` (64, 128) vs the single-scale `vit_mini` (64) of equal FLOPs "
         "(0.299 vs 0.292 GFLOPs/img): +16.0 points" in md
     )
-    assert "— better." in md
+    assert "— better; in the paper's regime (at single scale `vit_mini` − `vit_micro` +41.0 " in md
     # A pretrained S² row is not compared with random-init single-scale rows (or vice versa).
     pretrained = [
         r | {"encoder": {**r["encoder"], "weights": "mae"}} if len(r["encoder"]["scales"]) > 1
@@ -258,3 +258,54 @@ def test_report_reads_approximation_r2(tmp_path):
     assert line.endswith("| front | 0.875 |"), line
     with pytest.raises(FileNotFoundError, match="approx file"):
         write_report([runs], tmp_path / "out", approx=[tmp_path / "missing.json"])
+
+
+def test_the_regime_sentence_says_when_the_larger_model_is_not_better_at_single_scale(tmp_path):
+    """The paper's claim is about a larger model that beats the small one at single scale."""
+    from s2policy.evaluation.report import equal_flops_comparisons
+
+    weaker = [  # vit_mini below vit_micro at single scale: the comparison tests nothing
+        r if r["encoder"]["backbone"] != "vit_mini" else r | {"successes": 10, "success_rate": 0.1}
+        for r in LADDER
+    ]
+    (c,) = equal_flops_comparisons(build_rows(weaker))
+    assert c["regime"]["tested"] is False and c["low"] > 0  # S² "wins" by a wide margin ...
+    md, _ = write_report([write_runs(tmp_path / "weaker", weaker)], tmp_path / "out")
+    line = next(x for x in md.splitlines() if x.startswith("- cube_pick: S²"))
+    assert "— not a test of the paper's claim: at single scale `vit_mini` − `vit_micro` " in line
+    assert "better" not in line.split("—")[1].replace("shown to be better", "")  # ... no verdict
+    tie = [  # equal at single scale: the interval of the difference covers 0, not tested either
+        r if r["encoder"]["backbone"] != "vit_mini" else r | {"successes": 21, "success_rate": 0.21}
+        for r in LADDER
+    ]
+    assert equal_flops_comparisons(build_rows(tie))[0]["regime"]["tested"] is False
+    no_small = [
+        r
+        for r in LADDER
+        if r["encoder"]["scales"] != [64] or r["encoder"]["backbone"] != "vit_micro"
+    ]
+    md, _ = write_report([write_runs(tmp_path / "no_small", no_small)], tmp_path / "out2")
+    assert "as the paper's claim assumes, is not shown (no single-scale `vit_micro` row" in md
+
+
+def test_success_by_demonstrations_table_and_plot(tmp_path):
+    seeds = list(range(100_000, 100_010))
+    runs = [
+        result(b, sc, s, k, gflops=g) | {"demos": n, "eval": {"n_action_steps": 1, "seeds": seeds}}
+        for b, sc, g in (("vit_micro", [64], 0.06), ("vit_micro", [64, 128], 0.299))
+        for n, k in ((25, 2), (50, 5), (200, 9))
+        for s in (0, 1)
+    ]
+    md, written = write_report([write_runs(tmp_path / "runs", runs)], tmp_path / "out")
+    assert "#### cube_pick: success by number of demonstrations" in md
+    assert "| 25 demos | 50 demos | 200 demos |" in md
+    row = next(x for x in md.splitlines() if x.startswith("| vit_micro | (64, 128) |"))
+    assert "| 20.0% [8.1, 41.6] (20) | 50.0% [29.9, 70.1] (20) | 90.0% [69.9, 97.2] (20) |" in row
+    assert "Every cell ran the same 10 evaluation seeds per training seed (paired episodes)." in md
+    assert tmp_path / "out" / "success_vs_demos.png" in written
+    other = [r | {"eval": {**r["eval"], "seeds": [1, 2]}} if r["demos"] == 25 else r for r in runs]
+    md, _ = write_report([write_runs(tmp_path / "other", other)], tmp_path / "out3")
+    assert "different evaluation seed lists (not paired)" in md
+    md, written = write_report([write_runs(tmp_path / "one", LADDER)], tmp_path / "out4")
+    assert "success by number of demonstrations" not in md  # one count: no such table
+    assert not (tmp_path / "out4" / "success_vs_demos.png").exists()

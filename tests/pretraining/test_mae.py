@@ -7,12 +7,12 @@ import torch
 from s2policy.encoders.backbones import build_backbone
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.features.cache import fingerprint
-from s2policy.pretraining.mae import MaskedAutoencoder, random_masking, s2_tiles
 from s2policy.pretraining.frames import heldout_split, load_frames
+from s2policy.pretraining.mae import MaskedAutoencoder, random_masking, s2_tiles
 from s2policy.pretraining.plateau import Plateau, StopConfig
 from s2policy.pretraining.train import PretrainConfig, pretrain
-from s2policy.training.trainer import WarmupStableDecay
 from s2policy.task import TaskConfig
+from s2policy.training.trainer import WarmupStableDecay
 
 TINY_TASK = TaskConfig(env={"image_size": (32, 32), "shadow_size": 0})
 
@@ -248,9 +248,9 @@ def test_warmup_stable_decay_factor_and_its_saved_state():
 
 def test_pretraining_ends_at_a_plateau_and_records_the_heldout_curve(tmp_path, demo_store):
     # min_rel_improvement 0.99: no evaluation can improve enough, so the 2nd one fires
+    stop = StopConfig(patience=1, min_rel_improvement=0.99, cooldown_fraction=0.5)
     cfg = tiny_cfg(demo_store, tmp_path, steps=60, val_every=4, val_frames=16, val_ratio=0.34,
-                   log_every=4, warmup_steps=2, schedule="constant",
-                   stop=StopConfig(patience=1, min_rel_improvement=0.99, cooldown_fraction=0.5))  # fmt: skip
+                   log_every=4, warmup_steps=2, schedule="constant", stop=stop)  # fmt: skip
     path = pretrain(cfg)
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["stopped"] == "plateau" and meta["plateau_step"] == 8

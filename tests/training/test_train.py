@@ -21,6 +21,7 @@ from s2policy.policies.diffusion import DiffusionPolicyConfig
 from s2policy.policies.mlp import MLPPolicy, MLPPolicyConfig
 from s2policy.policies.runner import PolicyRunner
 from s2policy.task import TaskConfig
+from s2policy.training.config import TrainConfig
 from s2policy.training.dataset import CachedFeatureData, WindowSpec
 from s2policy.training.loop import fit, train
 
@@ -180,6 +181,22 @@ def test_blind_policy_needs_no_cache(demo_store, tmp_path, run_config):
     assert info["encoder"] is None and info["shape_meta"]["features"] == {}
     out = load(ckpt).policy.predict_action({"state": torch.randn(1, 2, 5)})
     assert out.shape == (1, 8, 5)
+
+
+def test_n_demos_trains_on_the_first_episodes_only(demo_store, tmp_path, run_config):
+    """Success against demonstrations: one store, its first n episodes (train + validation)."""
+    cfg = run_config(demo_store, tmp_path, small_mlp(), BLIND, n_demos=3, val_ratio=0.34)
+    result = fit(cfg)
+    ends = ReplayBuffer.open(demo_store).episode_ends
+    data = CachedFeatureData(cfg.dataset, None, [], WindowSpec(2, 8, 4), 0.34, 0, n_episodes=3)
+    assert sorted([*data.train_episodes, *data.val_episodes]) == [0, 1, 2]
+    assert int(data.index["train"].max()) < ends[2] and int(data.index["val"].max()) < ends[2]
+    trained = load(result.checkpoint)
+    assert trained.provenance.demos == 3 and trained.provenance.dataset_episodes == 6
+    with pytest.raises(ValueError, match="train.n_demos=7 but .* holds 6 episodes"):
+        CachedFeatureData(cfg.dataset, None, [], WindowSpec(2, 8, 4), n_episodes=7)
+    with pytest.raises(ValueError, match="n_demos must be >= 1"):
+        TrainConfig(n_demos=0)
 
 
 TOKENS = EncoderConfig(backbone="vit_nano", scales=(32, 64), pool="tokens")
