@@ -160,11 +160,15 @@ def _pretrain(cfg) -> None:
     logging.getLogger("s2policy").setLevel(logging.INFO)
     with tqdm(total=cfg.steps, desc=f"MAE {cfg.backbone}", unit="step") as bar:
 
+        shown: dict[str, str] = {}
+
         def on_log(record: dict) -> None:
             bar.n = record["step"]
-            bar.set_postfix(
-                loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}", refresh=True
-            )
+            if "loss" in record:
+                shown.update(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
+            if "heldout_loss" in record:
+                shown["heldout"] = f"{record['heldout_loss']:.4f}"
+            bar.set_postfix(shown, refresh=True)
 
         path = pretrain(cfg, on_log)
     print(f"weights: {path} (use encoder.weights={cfg.name}); curves: {cfg.output_dir}")

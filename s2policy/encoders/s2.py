@@ -216,6 +216,8 @@ class EncoderConfig:
     #: privileged object state instead of images (the ceiling).
     backbone: str = "vit_micro"
     #: Weights: null (random init), a file path, ``hub`` (local HF cache) or a pretrained name.
+    #: ``{backbone}`` in it is replaced by the backbone's name (``mae4c_{backbone}``: one sweep
+    #: over backbones, each with its own weights); the blind and oracle rows take none.
     weights: str | None = None
     #: Image sizes (short side, pixels); one scale is the plain single-scale encoder.
     scales: tuple[int, ...] = (64, 128)
@@ -231,7 +233,11 @@ class EncoderConfig:
     def __post_init__(self):
         self.scales = tuple(int(s) for s in self.scales)
         if not self.is_image:
+            if self.weights is not None and "{backbone}" in self.weights:
+                self.weights = None  # a sweep's per-backbone weights: none without a backbone
             return
+        if self.weights is not None and "{backbone}" in self.weights:
+            self.weights = self.weights.replace("{backbone}", self.backbone)
         get_spec(self.backbone)  # unknown names fail here, at config time
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"scales must be positive pixel sizes, got {list(self.scales)}")

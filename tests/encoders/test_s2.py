@@ -144,3 +144,11 @@ def test_wrapper_checks_the_backbone_it_gets():
         S2Encoder(model, cfg, scales=(64, 128), base_size=64)
     with pytest.raises(ValueError, match="no class token"):
         S2Encoder(model, {**cfg, "num_prefix_tokens": 0, "name": "x"}, scales=(32,))
+
+
+def test_weights_named_after_the_backbone_for_a_sweep_over_rungs():
+    from s2policy.encoders.s2 import EncoderConfig
+
+    assert EncoderConfig(backbone="vit_mini", weights="mae4c_{backbone}").weights == "mae4c_vit_mini"
+    assert EncoderConfig(backbone="none", weights="mae4c_{backbone}").weights is None
+    assert EncoderConfig(backbone="oracle", weights="mae4c_{backbone}").weights is None
