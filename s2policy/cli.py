@@ -115,7 +115,13 @@ def _train(cfg) -> None:
             bar.close()
         shutdown_distributed()
     print(f"checkpoint: {checkpoint}")
-    if results is not None:
+    if results is not None and results.get("kind") == "offline":
+        mse = results["offline"]["action_mse"]
+        print(
+            f"offline action MSE {mse['mean']:.4g} [{mse['ci95'][0]:.4g}, {mse['ci95'][1]:.4g}] "
+            f"on {results['offline']['episodes']} held-out episodes (not a success rate)"
+        )
+    elif results is not None:
         lo, hi = results["ci95"]
         print(
             f"success {100 * results['success_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
@@ -159,7 +165,6 @@ def _pretrain(cfg) -> None:
 
     logging.getLogger("s2policy").setLevel(logging.INFO)
     with tqdm(total=cfg.steps, desc=f"MAE {cfg.backbone}", unit="step") as bar:
-
         shown: dict[str, str] = {}
 
         def on_log(record: dict) -> None:

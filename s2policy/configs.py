@@ -10,20 +10,23 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from s2policy.hydra_app import CONFIG_DIR, to_object
+from s2policy.hydra_app import CONFIG_DIR, register_resolvers, to_object
 from s2policy.hydra_app import run_hydra as _run_hydra
 
 __all__ = ["CONFIG_DIR", "register_configs", "run_hydra", "to_object"]
 
 
 def register_configs() -> None:
-    """Register every schema; entry points call this before ``hydra.main`` runs."""
+    """Register every schema (and the resolvers); entry points call this before ``hydra.main``
+    runs."""
+    register_resolvers()
     from s2policy.data.collect import CollectConfig
     from s2policy.data.lerobot_io import LeRobotConfig
     from s2policy.data.replay_buffer import StoreConfig
     from s2policy.data.robomimic_io import RobomimicConfig
     from s2policy.encoders.s2 import EncoderConfig
     from s2policy.evaluation.approx import ApproxConfig
+    from s2policy.evaluation.offline import OfflineConfig
     from s2policy.evaluation.probe import ProbeConfig
     from s2policy.evaluation.report import ReportConfig
     from s2policy.evaluation.rollout import EvalConfig
@@ -58,6 +61,7 @@ def register_configs() -> None:
     cs.store(name="store_schema", node=StoreConfig)
     cs.store(name="robot_keys_schema", node=RobotKeysConfig)
     cs.store(name="viz_schema", node=VizConfig)
+    cs.store(name="offline_schema", node=OfflineConfig)
 
 
 def run_hydra(

@@ -52,6 +52,13 @@ def _train_and_evaluate(cfg: RunConfig, on_log, on_episode, tracker, rank: int, 
         encoder=cfg.encoder,
     )
     trained = load(result.checkpoint, eval_cfg.use_ema, resolve_device(eval_cfg.device))
+    if trained.task is None:  # a dataset-defined run: no simulator, its held-out episodes
+        from s2policy.evaluation.offline import OfflineConfig, evaluate_offline
+
+        offline = OfflineConfig(
+            checkpoint=str(result.checkpoint), device=cfg.train.device, use_ema=eval_cfg.use_ema
+        )
+        return result.checkpoint, evaluate_offline(offline, trained)
     extra = {}
     if result.cache is not None:  # linear-probe R² of the same features, for the report
         extra["probe"] = probe_cache(cfg.dataset, result.cache, seed=cfg.train.seed)

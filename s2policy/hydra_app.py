@@ -17,6 +17,29 @@ from s2policy.fileio import DiskFullError, LockedError
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
+def run_group(dataset: str, task: str) -> str:
+    """The folder a training run is grouped in (``outputs/<group>/<run>``): the simulated task
+    the store ``dataset`` records, else — a dataset-defined run, e.g. a robot's data — the
+    store's name, else (no store yet) ``task``. Read from the store's ``zarr.json`` alone."""
+    import json
+
+    meta = Path(str(dataset)) / "zarr.json"
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return task
+    if attrs.get("task") and "env" in attrs:
+        return str(attrs["task"])
+    return Path(str(dataset)).name.removesuffix(".zarr")
+
+
+def register_resolvers() -> None:
+    """The project's OmegaConf resolvers (``${s2policy_run_group:dataset,task}``)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("s2policy_run_group", run_group, replace=True)
+
+
 def schemas(**nodes: Any) -> Callable[[], None]:
     """A registration of these schemas by name (``report_schema=ReportConfig``)."""
 
@@ -89,6 +112,7 @@ def run_hydra(
 
     import envs  # noqa: F401  (chooses the headless GL backend before mujoco is imported)
 
+    register_resolvers()
     if register is not None:
         register()
 

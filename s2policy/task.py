@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envs import TASKS, EnvConfig
+from s2policy.data.spec import DataSpec
 
 
 @dataclass
@@ -31,6 +32,20 @@ class TaskConfig:
     @property
     def env_id(self) -> str:
         return TASKS[self.name][0]
+
+    def spec(self) -> DataSpec:
+        """What this task's environment gives a policy: its cameras at its image size, the
+        state (``envs.STATE_KEYS``) and the action (5 with yaw control, else 4)."""
+        from envs import STATE_KEYS
+
+        return DataSpec(
+            cameras={c: list(self.env.image_size) for c in self.env.cameras},
+            state_dim=len(STATE_KEYS),
+            action_dim=5 if self.env.yaw_control else 4,
+            state_names=list(STATE_KEYS),
+            control_hz=self.env.control_hz,
+            sim_task=self.name,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

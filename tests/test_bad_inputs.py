@@ -447,7 +447,7 @@ CASES = [
          r"has checkpoint version 99; upgrade s2policy", "run",
          setup=lambda c: _edit_json(c.ckpt / "policy.json", lambda i: i.update(version=99))),
     Case("checkpoint", "truncated `policy.json`", lambda c: load(c.run),
-         r"policy.json is not valid JSON \(.* at line \d+ column \d+\): the checkpoint's "
+         r"policy.json is not valid JSON \(.* at line <n> column <n>\): the checkpoint's "
          r"policy.json is damaged or truncated", "run",
          setup=lambda c: _truncate(c.ckpt / "policy.json")),
     Case("checkpoint", "binary `policy.json`", lambda c: load(c.run),
@@ -548,7 +548,8 @@ CASES = [
          r"robot server: bad request: one frame expected, got 2"),
     Case("robot", "a robot without the trained cameras and action size",
          lambda c: check_robot(ROBOT_SPEC, load(c.run)),
-         r"the robot does not match the checkpoint: cameras \['wrist'\] missing.*action dim 4"),
+         r"the robot does not match the checkpoint: cameras \['wrist'\] missing.*action size 4 "
+         r"instead of 5"),
     Case("robot", "`sync_wait_s` longer than a control period",
          lambda c: LoopConfig(hz=10, sync_wait_s=0.2), r"sync_wait_s must be in \[0, 1/hz\)"),
     Case("robot", "a workspace box with low above high",
@@ -605,6 +606,7 @@ def run_case(case: Case, ctx: Ctx) -> str:
     msg = re.sub(r"/\S*/pytest-\d+/[^/\s']+", "<tmp>", msg)  # the shared fixtures' folders
     msg = re.sub(r"\(`[^`]*`, since [^)]*\)", "(`<command>`, since <time>)", msg)  # lock holder
     msg = re.sub(r"\bpid \d+", "pid <pid>", msg)
+    msg = re.sub(r"line \d+ column \d+", "line <n> column <n>", msg)  # where a JSON file broke
     msg = re.sub(r"\b\d{4,}\b", "<n>", msg)  # compressed sizes, which depend on the frames
     assert re.search(case.error, msg), msg
     assert "\n" not in msg and "Traceback" not in msg, msg

@@ -64,6 +64,9 @@ FEATURES = {
 CAMERA_PREFIX = "observation.images."
 #: Our file in an export: the store's attrs, per-step shapes and dtypes, per-episode meta dtypes.
 SIDECAR = "meta/s2policy.json"
+#: Root attribute of a store imported from a foreign LeRobot dataset: our array -> its LeRobot
+#: feature name (an export uses these names again).
+LEROBOT_NAMES = "lerobot_names"
 
 
 class LeRobotFormatError(ValueError):
@@ -229,15 +232,37 @@ def read_tasks(root: Path, major: int) -> list[str]:
         if not path.is_file():
             raise LeRobotFormatError(f"{path} is missing")
         table = pq.read_table(path)
-        if "task" not in table.column_names or "task_index" not in table.column_names:
+        column = _task_column(table)
+        if column is None or "task_index" not in table.column_names:
             raise LeRobotFormatError(
-                f"{path} needs columns task and task_index; it has {table.column_names}"
+                f"{path} needs the task strings (a task column, or the DataFrame index LeRobot "
+                f"writes) and a task_index column; it has {table.column_names}"
             )
-        pairs = list(zip(table["task_index"].to_pylist(), table["task"].to_pylist(), strict=True))
+        pairs = list(zip(table["task_index"].to_pylist(), table[column].to_pylist(), strict=True))
     pairs.sort()
     if [i for i, _ in pairs] != list(range(len(pairs))):
         raise LeRobotFormatError(f"{root}: task indices are not 0..{len(pairs) - 1}")
     return [t for _, t in pairs]
+
+
+def _task_column(table: pa.Table) -> str | None:
+    """The column of ``meta/tasks.parquet`` holding the task strings, read as pandas (and so
+    LeRobot's ``pd.read_parquet``) reads it: a ``task`` column, or the DataFrame's index — which
+    LeRobot's writer leaves unnamed, so that pyarrow stores it as ``__index_level_0__`` and
+    names it in the file's pandas metadata."""
+    if "task" in table.column_names:
+        return "task"
+    meta = table.schema.pandas_metadata or {}
+    index = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
+
+    def is_text(name: str) -> bool:
+        if name not in table.column_names:
+            return False
+        kind = table.schema.field(name).type
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+    strings = [c for c in index or table.column_names if is_text(c)]
+    return strings[0] if len(strings) == 1 else None
 
 
 def read_episodes(root: Path, info: dict[str, Any], major: int, video_keys: Iterable[str]):

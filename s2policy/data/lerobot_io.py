@@ -8,9 +8,12 @@ Mapping: video feature ``observation.images.<cam>`` <-> camera ``data/<cam>``,
 ``observation.state`` <-> ``state``, ``action`` <-> ``action``, ``next.reward``/``next.done`` <->
 ``reward``/``done``, any other array <-> a feature of its own name (``cube_pos``, ``sim_state``: no
 ``observation.`` prefix, so LeRobot's policies do not take them as inputs; an imported
-``observation.<x>`` becomes ``<x>``). ``episode_index``/``index`` <-> ``meta/episode_ends``,
-``fps`` <-> ``control_hz``; task strings <-> ``attrs["tasks"]`` + ``meta/episode_task`` (an
-export of one of our stores has one task, its task name). An export also writes our attributes and
+``observation.<x>`` becomes ``<x>``, and the store remembers every imported feature's LeRobot
+name in ``attrs["lerobot_names"]``, so that an export writes ``observation.<x>`` again).
+``episode_index``/``index`` <-> ``meta/episode_ends``, ``fps`` <-> ``control_hz``; task strings
+<-> ``attrs["tasks"]`` + ``meta/episode_task`` (its first frame's) + ``data/task_index`` (every
+frame's: LeRobot's task may change within an episode); an export of one of our stores has one
+task, its task name. An export also writes our attributes and
 the shapes and dtypes of our arrays to ``meta/s2policy.json`` and our per-episode ``meta/<name>``
 arrays as columns of the episodes table, so that importing it again gives back the same store:
 every array identical except the images, which go through the video codec (yuv420p H.264, crf 18).
@@ -173,12 +176,13 @@ def _export_fps(attrs: dict[str, Any], fps: int | None, store: Any) -> int:
 def _export_names(buffer: ReplayBuffer, fmt) -> dict[str, str]:
     """Our data key -> its LeRobot feature (a ``task_index`` array is the task column)."""
     names = {}
+    imported = buffer.attrs.get(fmt.LEROBOT_NAMES) or {}  # a LeRobot import's own names
     for key in buffer.keys():
         view = buffer[key]
         if view.dtype == np.uint8 and len(view.shape) == 4 and view.shape[-1] == 3:
-            names[key] = fmt.CAMERA_PREFIX + key
+            names[key] = imported.get(key) or fmt.CAMERA_PREFIX + key
         elif key != "task_index":
-            names[key] = fmt.FEATURES.get(key, key)
+            names[key] = imported.get(key) or fmt.FEATURES.get(key, key)
     taken = list(names.values())
     clash = sorted({n for n in taken if n in fmt.DEFAULT_FEATURES or taken.count(n) > 1})
     if clash:

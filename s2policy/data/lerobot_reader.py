@@ -22,6 +22,7 @@ from s2policy.data.lerobot_format import (
     DEFAULT_FEATURES,
     FEATURES,
     INFO_PATH,
+    LEROBOT_NAMES,
     SIDECAR,
     DataFiles,
     LeRobotFormatError,
@@ -153,16 +154,20 @@ class SourceDataset:
             "action_dim": int(np.prod(features["action"]["shape"])),
             "control_hz": float(self.info["fps"]),
             "tasks": self.tasks,
+            # each array's LeRobot feature, so that an export gives the same names back
+            # (``observation.environment_state`` stays an observation for LeRobot's policies)
+            LEROBOT_NAMES: {f.key: f.name for f in self.plan},
         }
         sizes = {size or _height_width(features[f.name]) for f in visual}
         if len(sizes) == 1:
             attrs["image_size"] = list(sizes.pop())
-        state = features[FEATURES["state"]]
-        names = state.get("names")
-        if isinstance(names, dict) and len(names) == 1:  # {"motors": [...]}
-            names = next(iter(names.values()))
-        if isinstance(names, list) and len(names) == int(np.prod(state["shape"])):
-            attrs["state_keys"] = [str(n) for n in names]
+        for feature, key in (
+            (FEATURES["state"], "state_keys"),
+            (FEATURES["action"], "action_keys"),
+        ):
+            names = _names(features[feature])
+            if names is not None:
+                attrs[key] = names
         return attrs
 
     def identity(self, size: tuple[int, int] | None) -> dict[str, Any]:
@@ -177,6 +182,16 @@ class SourceDataset:
             "info_sha256": hashlib.sha256((self.root / INFO_PATH).read_bytes()).hexdigest(),
             "image_size": list(size) if size else None,
         }
+
+
+def _names(feature: dict[str, Any]) -> list[str] | None:
+    """A vector feature's per-dimension names (``names`` as a list, or ``{"motors": [...]}``)."""
+    names = feature.get("names")
+    if isinstance(names, dict) and len(names) == 1:
+        names = next(iter(names.values()))
+    if isinstance(names, list) and len(names) == int(np.prod(feature["shape"])):
+        return [str(n) for n in names]
+    return None
 
 
 def _height_width(feature: dict[str, Any]) -> tuple[int, int]:
@@ -233,10 +248,9 @@ class EpisodeReader:
         sidecar = self.dataset.sidecar
         if sidecar is not None:
             meta = {k: np.asarray(episode[k], dtype) for k, dtype in sidecar["meta"].items()}
-        else:
+        else:  # the task of every frame: LeRobot's tasks may change within an episode
             meta = {"episode_task": task_index[0]}
-            if len(np.unique(task_index)) > 1:  # tasks that change within an episode
-                arrays["task_index"] = task_index
+            arrays["task_index"] = task_index
         return arrays, meta
 
     def _frames(self, name: str, path: Path, start: float, timestamps, index: int) -> np.ndarray:

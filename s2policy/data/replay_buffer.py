@@ -68,6 +68,7 @@ from s2policy.fileio import (
     WriterLock,
     check_replaceable,
     crash_point,
+    current_writer,
     disk_full,
 )
 
@@ -369,10 +370,21 @@ class Commit:
         return int(self.ends[episodes - 1]) if episodes else 0
 
 
-def examine_commit(root: zarr.Group) -> Commit:
+def examine_commit(root: zarr.Group, strict: bool = True) -> Commit:
     """Check ``meta/episode_ends`` against the arrays: an interrupted write leaves only a tail
     (data past the last end, one more ``meta/`` entry, one trailing fill-value end); anything else
-    is a problem."""
+    is a problem.
+
+    The commit record is read first, the arrays' lengths after it: a writer appends data, then
+    meta, then the record, so arrays read later are never shorter than the record needs. Beside
+    an active writer (``strict=False``), per-episode arrays longer than the record by two or more
+    are that writer's episodes, not damage.
+    """
+    try:
+        ends = np.asarray(root["meta/episode_ends"][:], dtype=np.int64)
+        error = None
+    except Exception as err:  # a damaged chunk of the commit record itself
+        ends, error = np.zeros(0, np.int64), err
     data_len = {
         f"data/{k}": int(root["data"][k].shape[0]) for k in sorted(root["data"].array_keys())
     }
@@ -381,14 +393,12 @@ def examine_commit(root: zarr.Group) -> Commit:
         for k in sorted(root["meta"].array_keys())
         if k != "episode_ends"
     }
-    try:
-        ends = np.asarray(root["meta/episode_ends"][:], dtype=np.int64)
-    except Exception as err:  # a damaged chunk of the commit record itself
+    if error is not None:
         problem = (
-            f"meta/episode_ends (the commit record) cannot be read: {type(err).__name__}: {err}"
+            f"meta/episode_ends (the commit record) cannot be read: {type(error).__name__}: "
+            f"{error}"
         )
-        empty = np.zeros(0, np.int64)
-        return Commit(empty, 0, 0, [problem], data_len, meta_len, readable=False)
+        return Commit(ends, 0, 0, [problem], data_len, meta_len, readable=False)
     shortest = min(data_len, key=data_len.__getitem__) if data_len else None
     limit = data_len[shortest] if shortest else 0
     committed, prev, broken = 0, 0, None
@@ -412,7 +422,8 @@ def examine_commit(root: zarr.Group) -> Commit:
     if broken and not interrupted_commit:
         problems.append(broken)
     for name, n in meta_len.items():
-        if n < committed or (n > committed + 1 and not problems):  # else: a broken record's length
+        longer = n > committed + 1 and not problems and strict  # else: a broken record's length
+        if n < committed or longer:
             problems.append(f"{name} has {n} entries for {committed} episodes")
     keep = min([committed, *meta_len.values()])
     return Commit(ends, committed, keep, problems, data_len, meta_len)
@@ -622,11 +633,13 @@ class ReplayBuffer:
                 f"{path} has layout version {version}, newer than this s2policy "
                 f"({LAYOUT_VERSION}); upgrade s2policy"
             )
-        commit = examine_commit(root)
+        # a reader beside an active writer may see arrays grown past the record it read
+        strict = mode == "a" or current_writer(path) is None
+        commit = examine_commit(root, strict=strict)
         if commit.problems:
             raise CorruptStoreError(damaged_message(path, commit))
         if commit.committed < len(commit.ends):
-            logger.warning(
+            (logger.warning if mode == "a" else logger.info)(
                 "%s: ignoring %d uncommitted episode entries from an interrupted write",
                 path,
                 len(commit.ends) - commit.committed,
@@ -977,8 +990,11 @@ def examine_store(path: str | Path, verify: bool = True) -> StoreReport:
             f"{path} is not a ReplayBuffer store: missing {', '.join(missing)} "
             "(expected layout: data/<key> arrays + meta/episode_ends)"
         )
-    commit = examine_commit(root)
+    writer = current_writer(path)  # a writer appending now: longer arrays are its episodes
+    commit = examine_commit(root, strict=writer is None)
     report = StoreReport(path, commit, keep=commit.keep)
+    if writer is not None:
+        report.notes.append(f"being written by {writer}: this is the state when it was read")
     for group in ("data", "meta"):
         for key in sorted(root[group].array_keys()):
             arr = root[group][key]

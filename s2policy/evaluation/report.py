@@ -41,7 +41,7 @@ from s2policy.evaluation.ladder import (
     equal_flops_comparisons,
     plot_demos,
 )
-from s2policy.evaluation.stats import success_rate
+from s2policy.evaluation.stats import mean_interval, success_rate
 from s2policy.fileio import read_json
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def execution_label(result: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def recipe_label(result: dict[str, Any]) -> str:
+def recipe_label(result: dict[str, Any], execution: bool = True) -> str:
     """What else makes a run's configuration: a non-default pooling (and the spatial head of a
     token map: ``pool tokens softmax``) and the augmented views it trained on (image encoders
     only), a checkpoint selection (``select rollout``), and its execution
@@ -124,6 +124,9 @@ def recipe_label(result: dict[str, Any]) -> str:
             parts.append(f"aug {result['augment_views']}")
     if result.get("select", "last") != "last":
         parts.append(f"select {result['select']}")
+    if not execution:  # an offline evaluation executes nothing; only its chunks count
+        horizon = result.get("horizon", RECIPE_DEFAULT_HORIZON)
+        return ", ".join([*parts, *([f"horizon {horizon}"] if horizon != 16 else [])]) or "-"
     return ", ".join([*parts, execution_label(result)])
 
 
@@ -203,6 +206,66 @@ def build_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return pareto(normalize(rows))
+
+
+def offline_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration of offline evaluations (:mod:`s2policy.evaluation.offline`):
+    the executed action's error, episodes pooled over training seeds, with Student's t interval
+    over episodes."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        enc = r["encoder"]
+        where = (r["task"], r.get("dataset") or "-", r.get("demos") or "-")
+        what = (enc["backbone"], tuple(enc["scales"]), enc.get("weights"), r["policy"])
+        key = (*where, *what, recipe_label(r, False))
+        groups[key].append(r)
+    rows = []
+    for key, runs in sorted(groups.items(), key=str):
+        task, dataset, demos, backbone, scales, weights, policy, recipe = key
+        image = backbone not in (BLIND, ORACLE)
+        row = {
+            "task": task, "demos": demos, "dataset": dataset,
+            "backbone": backbone if image else BLIND_LABEL if backbone == BLIND else ORACLE_LABEL,
+            "scales": "(" + ", ".join(map(str, scales)) + ")" if image else "-",
+            "weights": (weights or "random") if image else "-",
+            "gflops_per_img": runs[0]["encoder"]["gflops_per_image"],
+            "policy": policy, "recipe": recipe,
+            "seeds": len({r.get("train_seed", 0) for r in runs}),
+        }  # fmt: skip
+        for metric in ("mse", "l1"):
+            values = np.concatenate([r["offline"][f"episode_{metric}"] for r in runs])
+            row[f"action_{metric}"] = mean_interval(values)
+        row["episodes"] = int(sum(r["offline"]["episodes"] for r in runs))
+        steps = np.array([r["offline"]["chunk_mse_by_step"] for r in runs], dtype=float)
+        row["chunk_mse_first"], row["chunk_mse_last"] = (
+            np.nanmean(steps[:, 0]),
+            np.nanmean(steps[:, -1]),
+        )
+        row["held_out"] = all(r.get("held_out") for r in runs)
+        rows.append(row)
+    return rows
+
+
+def offline_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| task | demos | backbone | scales | weights | GFLOPs/img | policy | recipe | "
+        "action MSE [95% CI] | action L1 [95% CI] | chunk MSE first → last step | episodes | "
+        "seeds | held out |",
+        "| --- | ---: | --- | --- | --- | ---: | --- | --- | --- | --- | --- | ---: | ---: | --- |",
+    ]
+
+    def cell(m):
+        return f"{m[0]:.4g} [{m[1]:.4g}, {m[2]:.4g}]"
+
+    for r in rows:
+        lines.append(
+            f"| {r['task']} | {r['demos']} | {r['backbone']} | {r['scales']} | {r['weights']} | "
+            f"{r['gflops_per_img']:.3f} | {r['policy']} | {r['recipe']} | "
+            f"{cell(r['action_mse'])} | {cell(r['action_l1'])} | "
+            f"{r['chunk_mse_first']:.4g} → {r['chunk_mse_last']:.4g} | {r['episodes']} | "
+            f"{r['seeds']} | {'yes' if r['held_out'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -425,6 +488,8 @@ def write_report(
             )
         results = [r for r in results if r["task"] in tasks]
     tasks = list(tasks or found)
+    offline = offline_rows([r for r in results if r.get("kind") == "offline"])
+    results = [r for r in results if r.get("kind") != "offline"]
     rows = build_rows(results)
     for path in approx or []:
         path = Path(path)
@@ -460,7 +525,15 @@ def write_report(
                 )
         written.append(out / "summary.csv")
     for task in tasks:
-        md += f"### {task}\n\n" + to_markdown([r for r in rows if r["task"] == task]) + "\n"
+        task_rows = [r for r in rows if r["task"] == task]
+        md += f"### {task}\n\n" + (to_markdown(task_rows) + "\n" if task_rows else "")
+        task_offline = [r for r in offline if r["task"] == task]
+        if task_offline:
+            md += (
+                f"#### {task}: offline action error on recorded episodes (raw action units; "
+                "an action error is not a success rate)\n\n" + offline_markdown(task_offline)
+                + "\n"
+            )  # fmt: skip
         sentences = [comparison_sentence(c) for c in comparisons if c["s2"]["task"] == task]
         md += "".join(f"- {line}\n" for line in sentences) + ("\n" if sentences else "")
         by_demos = demos_table(rows, task)
@@ -471,7 +544,8 @@ def write_report(
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    written.append(plot(rows, out / "success_vs_gflops.png", tasks))
+    if rows:
+        written.append(plot(rows, out / "success_vs_gflops.png", tasks))
     demos_plot = plot_demos(rows, out / "success_vs_demos.png", tasks)
     return md, [*written, *([demos_plot] if demos_plot else [])]
 

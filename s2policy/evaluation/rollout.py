@@ -44,9 +44,32 @@ logger = logging.getLogger(__name__)
 __all__ = ["EvalConfig", "check_checkpoint", "evaluate"]
 
 
+def rollout_task(cfg: EvalConfig, trained: TrainedPolicy) -> TaskConfig:
+    """The simulated task to roll ``trained`` out in: its own, or for a dataset-defined
+    checkpoint (a robot's data) the config's ``task``, if the checkpoint's spec fits it."""
+    if trained.task is not None:
+        return trained.task
+    if cfg.task is None:
+        raise ValueError(
+            f"checkpoint {cfg.checkpoint} was trained on a dataset of its own "
+            f"({trained.spec.describe()}), not on a simulated task: evaluate it offline on "
+            "held-out episodes (python -m s2policy.evaluation.offline checkpoint=...) or on its "
+            "robot, or name a task=... whose environment fits it"
+        )
+    problems = trained.spec.mismatches(cfg.task.spec())
+    if problems:
+        raise ValueError(
+            f"checkpoint {cfg.checkpoint} (a dataset-defined run: {trained.spec.describe()}) "
+            f"does not fit task {cfg.task.name!r}, whose environment differs: "
+            f"{'; '.join(problems)}; evaluate it offline (python -m s2policy.evaluation.offline "
+            "checkpoint=...) or on its robot"
+        )
+    return cfg.task
+
+
 def check_checkpoint(cfg: EvalConfig, trained: TrainedPolicy) -> None:
     """Refuse a checkpoint of another task or encoder than the ones the config expects."""
-    trained_on = trained.task.name
+    trained_on = rollout_task(cfg, trained).name
     if cfg.task is not None and cfg.task.name != trained_on:
         raise ValueError(
             f"checkpoint {cfg.checkpoint} was trained on task {trained_on!r}, not "
@@ -245,7 +268,7 @@ def play(
     """Play ``cfg``'s seed list with ``trained`` (its task, ``cfg``'s randomization and
     execution); videos and records go to ``out``. Returns the task, the runner and the
     per-episode records. Nothing else is written (training's rollout selection uses it)."""
-    task = TaskConfig(**trained.task.to_dict())
+    task = TaskConfig(**rollout_task(cfg, trained).to_dict())
     if cfg.randomization is not None:
         task.env.randomization = cfg.randomization
     seeds = cfg.seed_list()
@@ -266,7 +289,8 @@ def eval_tracker(cfg: EvalConfig, trained: TrainedPolicy) -> Tracker:
     its training curves) or a W&B ``eval`` run named after the run directory."""
     config = {"checkpoint": str(trained.path), "step": trained.step, "eval": asdict(cfg)}
     run = trained.run_dir
-    return open_tracker(cfg.logger, run, run.name, trained.task.name, "eval", config, purge=False)
+    name = rollout_task(cfg, trained).name
+    return open_tracker(cfg.logger, run, run.name, name, "eval", config, purge=False)
 
 
 def encoder_summary(trained: TrainedPolicy, runner: PolicyRunner, task: TaskConfig) -> dict:
@@ -304,7 +328,7 @@ def write_results(
     rate = success_rate(wins, len(episodes))
     results = {
         "checkpoint": str(trained.path),
-        "task": trained.task.name,
+        "task": task.name,
         "policy": trained.policy.name,
         "train_seed": trained.provenance.train_seed,
         "dataset": trained.provenance.dataset,
@@ -329,7 +353,7 @@ def write_results(
             "n_envs": cfg.n_envs,
             "max_episode_steps": cfg.max_episode_steps
             if cfg.max_episode_steps is not None
-            else trained.task.max_episode_steps,
+            else task.max_episode_steps,
             "use_ema": trained.used_ema,
             **runner.describe(),
             "randomization": task.env.randomization.to_dict(),
@@ -337,7 +361,7 @@ def write_results(
         # Label of the evaluation's domain randomization; `trained_randomization` is the one of
         # the demonstrations (they differ when evaluating on held-out settings).
         "randomization": task.env.randomization.name,
-        "trained_randomization": trained.task.env.randomization.name,
+        "trained_randomization": (trained.task or task).env.randomization.name,
         "episodes": episodes,
         "n_episodes": len(episodes),
         "successes": wins,

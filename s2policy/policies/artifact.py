@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from s2policy.data.normalizer import Normalizer
 from s2policy.data.privileged import PRIVILEGED
+from s2policy.data.spec import DataSpec
 from s2policy.encoders.s2 import BLIND, EncoderConfig
 from s2policy.fileio import read_json, save_state, save_tensors, write_folder
 from s2policy.policies.base import POLICIES, Policy, make_policy
@@ -83,8 +84,9 @@ class TrainedPolicy:
     """A ready-to-run policy (eval mode) with everything needed to run it as it was trained."""
 
     policy: Policy
-    #: The task as the demonstrations showed it (image size, cameras, randomization, ...).
-    task: TaskConfig
+    #: The simulated task as the demonstrations showed it (image size, cameras, randomization,
+    #: ...); None for a dataset-defined run (a robot's data: :attr:`spec` is all it has).
+    task: TaskConfig | None
     #: The frozen encoder; ``None`` for a blind (state-only) policy.
     encoder: EncoderInfo | None
     provenance: Provenance
@@ -95,6 +97,13 @@ class TrainedPolicy:
     used_ema: bool
     #: The checkpoint directory it was loaded from.
     path: Path
+    #: What its data looked like (cameras it sees with image sizes, state and action sizes and
+    #: names, rate, tasks); derived from ``task`` and ``shape_meta`` for older checkpoints.
+    spec: DataSpec | None = None
+
+    def __post_init__(self):
+        if self.spec is None:
+            self.spec = legacy_spec(self.task, self.policy.shape_meta)
 
     @property
     def shape_meta(self) -> dict[str, Any]:
@@ -133,6 +142,24 @@ class TrainedPolicy:
         return load(path, use_ema, device)
 
 
+def legacy_spec(task: TaskConfig | None, shape_meta: dict[str, Any]) -> DataSpec:
+    """The spec a checkpoint written before specs were recorded implies: its simulated task's
+    cameras (image size) and the policy's state and action sizes."""
+    from envs import STATE_KEYS
+
+    size = list(task.env.image_size) if task is not None else [0, 0]
+    cameras = {c: size for c in shape_meta["features"] if c != PRIVILEGED}
+    state_dim = int(shape_meta["state"][-1])
+    return DataSpec(
+        cameras=cameras,
+        state_dim=state_dim,
+        action_dim=int(shape_meta["action"][-1]),
+        state_names=list(STATE_KEYS) if task is not None else None,
+        control_hz=task.env.control_hz if task is not None else None,
+        sim_task=task.name if task is not None else None,
+    )
+
+
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
@@ -148,6 +175,7 @@ def save(
     training_state: dict[str, Any] | None = None,
     name: str = "checkpoint",
     selection: dict[str, Any] | None = None,
+    spec: DataSpec | None = None,
 ) -> Path:
     """Write ``run_dir/<name>`` (see module docstring; ``name`` is ``best`` for the weights a
     run selected, which ``selection`` describes) and return its path."""
@@ -164,7 +192,8 @@ def save(
         "dataset": provenance.dataset,
         "dataset_episodes": provenance.dataset_episodes,
         "cache_fingerprint": provenance.cache_fingerprint,
-        "task": task.to_dict(),
+        "task": task.to_dict() if task is not None else None,
+        "data_spec": (spec or legacy_spec(task, policy.shape_meta)).to_dict(),
         "encoder": encoder.to_dict() if encoder is not None else None,
         "step": step,
     }
@@ -276,7 +305,7 @@ def load(
         )
     return TrainedPolicy(
         policy=policy.to(device).eval(),
-        task=TaskConfig(**info["task"]),
+        task=TaskConfig(**info["task"]) if info.get("task") else None,
         encoder=encoder,
         provenance=Provenance(
             info.get("dataset"),
@@ -288,6 +317,7 @@ def load(
         has_ema=has_ema,
         used_ema=use_ema and has_ema,
         path=ckpt,
+        spec=DataSpec.from_dict(info["data_spec"]) if info.get("data_spec") else None,
     )
 
 

@@ -312,9 +312,9 @@ class PolicyRunner(ActionRunner):
     def _check_feature_shapes(self) -> None:
         """The rebuilt encoder must give the features the policy was trained on (a consistent
         edit of the encoder in ``policy.json`` would otherwise fail deep in a matrix product)."""
-        height, width = self.trained.task.env.image_size
-        shape = tuple(self.live.encoder.output_shape(height, width))
         for cam in self.cameras:
+            height, width = self.trained.spec.cameras[cam]
+            shape = tuple(self.live.encoder.output_shape(height, width))
             trained = tuple(self.trained.shape_meta["features"][cam])
             if shape != trained:
                 raise ValueError(

@@ -19,7 +19,10 @@ class RobotInterface(ABC):
     @abstractmethod
     def spec(self) -> dict[str, Any]:
         """``{"task", "cameras", "image_size", "action_dim", "control_hz", "max_step_m",
-        "max_yaw_step_rad", "yaw_control"}``: what the policy and the safety filter must know."""
+        "max_yaw_step_rad", "yaw_control"}``: what the policy and the safety filter must know;
+        a robot with cameras of several sizes gives ``image_sizes`` (camera -> ``[H, W]``), and
+        ``state_dim``, ``state_names``, ``action_names`` let the loop check a checkpoint's state
+        and names too (:class:`s2policy.data.spec.DataSpec`: a mismatch is refused at connect)."""
 
     @abstractmethod
     def reset(self, seed: int | None = None) -> None:

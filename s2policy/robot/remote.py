@@ -4,10 +4,12 @@ Protocol (one request, one reply; both msgpack maps):
 
 - request ``{"op": <name>, "args": {...}, "lease": <token or null>}`` with ``op`` one of
   ``spec``, ``reset`` (``seed``), ``observe``, ``act`` (``action``), ``hold``, ``status``,
-  ``ping``, ``acquire``, ``release``;
+  ``ping``, ``acquire`` (``spec``: the data spec the client's policy needs, or null),
+  ``release``;
 - reply ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "<message>", "code": ...}``
   (``code``: ``"lease"`` when the lease rules refused the request, ``"safety"`` when the
-  server's safety filter refused an action, else null);
+  server's safety filter refused an action, ``"spec"`` when the robot does not offer what the
+  client's policy needs — the handshake: the lease is refused — else null);
   ``observe`` replies with the observation dict where ``timestamp`` is replaced by ``age_s``
   (seconds since it was taken), since the two machines' clocks differ.
 
@@ -64,6 +66,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from s2policy.data.spec import DataSpec
 from s2policy.robot.interface import RobotInterface
 from s2policy.robot.safety import SafetyConfig, SafetyFilter
 
@@ -142,6 +145,11 @@ class LeaseError(RuntimeError):
 
 class SafetyRefused(RuntimeError):
     """The server's safety filter refused an action (non-finite or misshapen); it held."""
+
+
+class SpecMismatch(RuntimeError):
+    """The server's robot does not offer what the client's policy needs (cameras, image sizes,
+    state or action sizes): it refused the lease."""
 
 
 @dataclass
@@ -255,7 +263,24 @@ class RobotServer:
         except Exception:  # noqa: BLE001  (nothing more the server can do)
             logger.exception("could not hold the robot after the lease expired")
 
-    def _acquire(self, client: str, holds: bool) -> dict[str, Any]:
+    def _acquire(self, client: str, holds: bool, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("spec") is not None:  # the client's policy: checked against this robot
+            try:
+                wanted = DataSpec.from_dict(args["spec"])
+            except (TypeError, ValueError, KeyError) as err:
+                return _error(f"bad request: spec is not a data spec ({err})")
+            robot = DataSpec.from_robot(self.robot.spec())
+            problems = wanted.mismatches(robot)
+            if problems:
+                logger.warning(
+                    "refused the lease to client %s: its policy needs %s, the robot has %s",
+                    client, wanted.describe(), "; ".join(problems),
+                )  # fmt: skip
+                return _error(
+                    f"the robot does not match the client's policy: {'; '.join(problems)} "
+                    f"(policy: {wanted.describe()}; robot: {robot.describe()})",
+                    "spec",
+                )
         if holds:
             return {
                 "ok": True,
@@ -344,7 +369,7 @@ class RobotServer:
             if op == "ping":
                 return {"ok": True, "result": "pong"}
             if op == "acquire":
-                return self._acquire(client, holds)
+                return self._acquire(client, holds, args)
             if op == "release":
                 if holds:
                     logger.info("client %s released the lease: holding the robot", client)
@@ -499,10 +524,14 @@ class RemoteRobot(RobotInterface):
         *,
         client_secret_file: str | Path | None = None,
         server_public_file: str | Path | None = None,
+        policy_spec: DataSpec | None = None,
     ):
         if (client_secret_file is None) != (server_public_file is None):
             raise ValueError("pass both client_secret_file and server_public_file, or neither")
         self.address, self.timeout_ms, self.clock = address, timeout_ms, clock
+        #: What the client's policy needs; sent with ``acquire``, so the server refuses the
+        #: lease on a robot that does not offer it.
+        self.policy_spec = policy_spec
         self._curve: tuple[bytes, bytes, bytes] | None = None
         if client_secret_file is not None:
             public, secret = _load_keypair(client_secret_file, "client_secret_file")
@@ -547,6 +576,8 @@ class RemoteRobot(RobotInterface):
                 raise LeaseError(message)
             if reply.get("code") == "safety":
                 raise SafetyRefused(message)
+            if reply.get("code") == "spec":
+                raise SpecMismatch(message)
             raise RuntimeError(message)
         return reply.get("result")
 
@@ -556,8 +587,10 @@ class RemoteRobot(RobotInterface):
         return self._lease is not None
 
     def acquire(self) -> None:
-        """Take the lease (raises :class:`LeaseError` while another client holds it)."""
-        self._lease = self.call("acquire")["token"]
+        """Take the lease (raises :class:`LeaseError` while another client holds it, and
+        :class:`SpecMismatch` when the robot does not fit :attr:`policy_spec`)."""
+        spec = self.policy_spec.to_dict() if self.policy_spec is not None else None
+        self._lease = self.call("acquire", spec=spec)["token"]
 
     def release(self) -> None:
         """Give the lease back (the server holds the robot)."""

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from s2policy.data.spec import DataSpec
 from s2policy.policies.artifact import TrainedPolicy, load
 from s2policy.policies.runner import PolicyRunner, check_ensemble_decay
 from s2policy.robot.interface import RobotInterface
@@ -69,22 +70,18 @@ class RobotRunConfig:
 
 
 def check_robot(spec: dict[str, Any], trained: TrainedPolicy) -> None:
-    """The robot must offer what the policy was trained on."""
-    cams = trained.cameras
-    missing = [c for c in cams if c not in spec["cameras"]]
+    """The robot must offer what the policy was trained on: the checkpoint's cameras at their
+    image sizes, its state and action sizes (and names, where both give them)."""
     problems = []
     if trained.is_oracle:
         problems.append("an oracle policy needs the simulator's privileged object state")
-    if missing:
-        problems.append(f"cameras {missing} missing (robot has {spec['cameras']})")
-    trained_size = list(trained.task.env.image_size)
-    if cams and list(spec["image_size"]) != trained_size:
-        problems.append(f"image size {spec['image_size']} != trained {trained_size}")
-    action_dim = trained.policy.action_dim
-    if int(spec["action_dim"]) != action_dim:
-        problems.append(f"action dim {spec['action_dim']} != {action_dim}")
+    robot = DataSpec.from_robot(spec)
+    problems += trained.spec.mismatches(robot)
     if problems:
-        raise ValueError("the robot does not match the checkpoint: " + "; ".join(problems))
+        raise ValueError(
+            f"the robot does not match the checkpoint: {'; '.join(problems)} (checkpoint: "
+            f"{trained.spec.describe()}; robot: {robot.describe()})"
+        )
 
 
 def run_robot(
@@ -100,6 +97,12 @@ def run_robot(
         from s2policy.robot.remote import RemoteRobot
         from s2policy.robot.sim_robot import SimRobot
 
+        if cfg.robot == "sim" and task is None:
+            raise ValueError(
+                f"checkpoint {cfg.checkpoint} was trained on a dataset of its own "
+                f"({trained.spec.describe()}): there is no simulated robot for it; run it with "
+                "robot=remote on its robot"
+            )
         robot = (
             SimRobot(task, max_episode_steps=cfg.max_ticks)
             if cfg.robot == "sim"
@@ -108,6 +111,7 @@ def run_robot(
                 cfg.timeout_ms,
                 client_secret_file=cfg.client_secret_file,
                 server_public_file=cfg.server_public_file,
+                policy_spec=trained.spec,
             )
         )
     spec = robot.spec()
@@ -118,12 +122,12 @@ def run_robot(
     log = RobotLog(
         out / f"{stamp}.zarr",
         attrs={
-            "task": task.name,
+            **({"task": task.name, "env": task.env.to_dict()} if task is not None else {}),
             "cameras": spec["cameras"],
             "control_hz": hz,
             "checkpoint": str(trained.path),
             "robot": cfg.robot,
-            "env": task.env.to_dict(),
+            "data_spec": trained.spec.to_dict(),
         },
     )
     runner = PolicyRunner(

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from envs import STATE_KEYS
 from s2policy.robot.interface import RobotInterface
 from s2policy.task import TaskConfig
 
@@ -39,6 +40,8 @@ class SimRobot(RobotInterface):
             "cameras": list(env.cameras),
             "image_size": list(env.image_size),
             "action_dim": 5 if env.yaw_control else 4,
+            "state_dim": len(STATE_KEYS),
+            "state_names": list(STATE_KEYS),
             "control_hz": env.control_hz,
             "max_step_m": env.max_step_m,
             "max_yaw_step_rad": env.max_yaw_step_rad,

@@ -114,6 +114,9 @@ class RunConfig:
     run_name: str = "run"
     #: Suffix of the default run name (e.g. ``_mae`` to keep runs with other weights apart).
     run_tag: str = ""
+    #: The folder runs are grouped in (``outputs/<run_group>/<run_name>``): the store's
+    #: simulated task, or the store's name for a dataset-defined run (``configs/config.yaml``).
+    run_group: str = ""
     #: Run directory (hydra's output directory by default).
     output_dir: str = "outputs/run"
 

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from envs import EnvConfig
 from s2policy.data.normalizer import Normalizer
 from s2policy.data.privileged import PRIVILEGED, oracle_features, oracle_keys
+from s2policy.data.spec import DataSpec
 from s2policy.encoders.s2 import ORACLE, build_encoder
 from s2policy.features.cache import CacheInfo, build_cache, open_cache
 from s2policy.policies import make_policy
@@ -44,15 +45,19 @@ from s2policy.training.trainer import Trainer
 logger = logging.getLogger(__name__)
 
 
-def dataset_task(cfg: RunConfig, attrs: dict[str, Any]) -> TaskConfig:
+def dataset_task(cfg: RunConfig, attrs: dict[str, Any]) -> TaskConfig | None:
     """The task as the demonstrations were collected (image size, cameras, randomization, ...):
-    evaluation must see what the data shows, whatever ``task.env`` the run config says."""
+    evaluation must see what the data shows, whatever ``task.env`` the run config says. None for
+    a store that records no simulated task (a robot's data, an import): the run is then defined
+    by the dataset itself (its :class:`~s2policy.data.spec.DataSpec`), and ``task=`` is unused."""
     name = attrs.get("task")
-    if name is None or "env" not in attrs:  # e.g. an imported store: trust the config
-        logger.warning(
-            "%s does not record its task settings; using task=%s", cfg.dataset, cfg.task.name
+    if name is None or "env" not in attrs:
+        logger.info(
+            "%s records no simulated task: a dataset-defined run (task=%s is not used)",
+            cfg.dataset,
+            cfg.task.name,
         )
-        return cfg.task
+        return None
     if name != cfg.task.name:
         raise ValueError(
             f"{cfg.dataset} holds demonstrations of task {name!r}, but the run is for task "
@@ -61,10 +66,11 @@ def dataset_task(cfg: RunConfig, attrs: dict[str, Any]) -> TaskConfig:
     return TaskConfig(name, EnvConfig(**attrs["env"]), cfg.task.max_episode_steps)
 
 
-def resolve_cameras(cfg: RunConfig, task: TaskConfig, store_cameras: list[str]) -> list[str]:
+def resolve_cameras(cfg: RunConfig, task: TaskConfig | None, store_cameras: list[str]) -> list[str]:
     if not cfg.encoder.is_image:
         return []
-    cameras = list(task.env.cameras) if cfg.policy.cameras is None else list(cfg.policy.cameras)
+    default = list(task.env.cameras) if task is not None else list(store_cameras)
+    cameras = default if cfg.policy.cameras is None else list(cfg.policy.cameras)
     if not cameras:
         raise ValueError(
             f"policy.cameras=[] leaves encoder {cfg.encoder.backbone!r} no camera; a blind "
@@ -84,7 +90,10 @@ class PreparedData:
     """What a run trains on, and what its checkpoint records about it."""
 
     data: CachedFeatureData
-    task: TaskConfig
+    #: The simulated task of the data (None: a dataset-defined run).
+    task: TaskConfig | None
+    #: What the data looks like (the cameras the policy sees, state, action, rate, tasks).
+    spec: DataSpec
     #: The frozen encoder (``None`` when blind; the oracle's privileged keys for the oracle)
     #: and its feature cache.
     encoder: EncoderInfo | None
@@ -119,6 +128,11 @@ def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> Prep
     check_import_complete(attrs, cfg.dataset)
     task = dataset_task(cfg, attrs)
     cameras = resolve_cameras(cfg, task, list(attrs.get("cameras", [])))
+    if task is None and cfg.encoder.is_oracle:
+        raise ValueError(
+            f"encoder=oracle needs a simulated task's privileged object state, but {cfg.dataset} "
+            "records no simulated task"
+        )
     encoder_info, cache, extra, layouts = None, None, {}, {}
     if cfg.encoder.is_oracle:
         keys = oracle_keys(store.keys())
@@ -145,7 +159,7 @@ def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> Prep
             cache = open_cache(cfg.dataset, encoder, cameras, cache_dtype, cfg.train.augment)
         encoder_info = EncoderInfo(cfg.encoder, encoder.spec(), cache_dtype)
         if cfg.encoder.pool == "tokens":
-            grid = encoder.token_grid(*task.env.image_size)
+            grid = encoder.token_grid(*store[cameras[0]].shape[1:3])
             layouts = {cam: [encoder.num_prefix_tokens, *grid] for cam in cameras}
         del encoder
     windows = WindowSpec(cfg.policy.n_obs_steps, cfg.policy.horizon, cfg.policy.n_action_steps)
@@ -160,7 +174,8 @@ def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> Prep
         extra,
         cfg.train.n_demos,
     )
-    return PreparedData(data, task, encoder_info, cache, store.n_episodes, layouts)
+    spec = DataSpec.from_store(store, cameras)
+    return PreparedData(data, task, spec, encoder_info, cache, store.n_episodes, layouts)
 
 
 def fit_normalizer(data: CachedFeatureData, normalize_features: bool) -> Normalizer:
@@ -253,8 +268,9 @@ def fit(
     def write(name: str = "checkpoint", state=None, selection=None) -> Path:
         task, encoder, ema = prepared.task, prepared.encoder, trainer.ema_weights()
         return save(
-            out, policy, task, encoder, provenance, trainer.step, ema, state, name, selection
-        )
+            out, policy, task, encoder, provenance, trainer.step, ema, state, name, selection,
+            prepared.spec,
+        )  # fmt: skip
 
     selector = None
     if tcfg.select != "last" and rank == 0:
@@ -318,7 +334,7 @@ def make_selector(cfg, prepared, policy, trainer, provenance, device, write) -> 
         used = ema is not None
         return TrainedPolicy(
             copied.eval(), prepared.task, prepared.encoder, provenance, trainer.step,
-            used, used, out / "checkpoint",
+            used, used, out / "checkpoint", prepared.spec,
         )  # fmt: skip
 
     return Selector(
@@ -351,6 +367,7 @@ RESUMABLE = (
     "logger.",
     "output_dir",
     "run_name",
+    "run_group",
 )
 
 

@@ -175,7 +175,9 @@ def test_foreign_dataset_import_and_resize(demo_store, exported, tmp_path):
     foreign = _copy(exported, tmp_path, lambda root: (root / "meta/s2policy.json").unlink())
     back = import_lerobot(foreign, tmp_path / "foreign.zarr")
     orig = ReplayBuffer.open(demo_store)
-    assert back.keys() == orig.keys()  # cube_half (T,): shape [1] features are scalars
+    # cube_half (T,): shape [1] features are scalars; task_index: every frame's task
+    assert back.keys() == sorted([*orig.keys(), "task_index"])
+    np.testing.assert_array_equal(back["task_index"][:], np.zeros(orig.n_steps))
     for key in ("state", "action", "cube_half", "sim_state"):
         np.testing.assert_array_equal(back[key][:], orig[key][:])
     assert back.meta_keys() == ["episode_task"]

@@ -149,6 +149,8 @@ def test_wrapper_checks_the_backbone_it_gets():
 def test_weights_named_after_the_backbone_for_a_sweep_over_rungs():
     from s2policy.encoders.s2 import EncoderConfig
 
-    assert EncoderConfig(backbone="vit_mini", weights="mae4c_{backbone}").weights == "mae4c_vit_mini"
+    assert (
+        EncoderConfig(backbone="vit_mini", weights="mae4c_{backbone}").weights == "mae4c_vit_mini"
+    )
     assert EncoderConfig(backbone="none", weights="mae4c_{backbone}").weights is None
     assert EncoderConfig(backbone="oracle", weights="mae4c_{backbone}").weights is None

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from s2policy.evaluation.stats import success_rate, wilson_interval
@@ -47,3 +49,17 @@ def test_difference_interval_matches_newcombe_worked_examples(a, n_a, b, n_b, lo
     d, lo, hi = difference_interval(a, n_a, b, n_b)
     assert d == pytest.approx(a / n_a - b / n_b)
     assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_student_t_quantiles_and_the_interval_of_a_mean():
+    from s2policy.evaluation.stats import mean_interval, t_quantile
+
+    # the table values (two-sided 95 %: the 0.975 quantile)
+    for df, t in ((1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (30, 2.042), (1000, 1.962)):
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=5e-4), df
+    assert t_quantile(0.025, 4) == pytest.approx(-2.776, abs=5e-4)
+    mean, low, high = mean_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and high - mean == pytest.approx(4.303 / 3**0.5, abs=1e-3)
+    assert math.isnan(mean_interval([1.0])[1])
+    with pytest.raises(ValueError):
+        t_quantile(1.0, 3)

@@ -212,7 +212,9 @@ def test_robot_loop_reproduces_evaluation_when_inference_serves_the_current_tick
 def test_robot_that_does_not_match_the_checkpoint(ckpt):
     trained = load(ckpt)
     spec = {"cameras": ["front"], "image_size": [32, 32], "action_dim": 4}
-    with pytest.raises(ValueError, match=r"cameras \['wrist'\] missing.*action dim 4 != 5"):
+    with pytest.raises(
+        ValueError, match=r"cameras \['wrist'\] missing.*action size 4 instead of 5"
+    ):
         check_robot(spec, trained)
 
 
