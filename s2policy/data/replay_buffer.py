@@ -395,8 +395,7 @@ def examine_commit(root: zarr.Group, strict: bool = True) -> Commit:
     }
     if error is not None:
         problem = (
-            f"meta/episode_ends (the commit record) cannot be read: {type(error).__name__}: "
-            f"{error}"
+            f"meta/episode_ends (the commit record) cannot be read: {type(error).__name__}: {error}"
         )
         return Commit(ends, 0, 0, [problem], data_len, meta_len, readable=False)
     shortest = min(data_len, key=data_len.__getitem__) if data_len else None
