@@ -31,6 +31,7 @@ from s2policy.data.robomimic_io import export_robomimic, import_robomimic
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.evaluation.approx import ApproxConfig
 from s2policy.evaluation.config import EvalConfig
+from s2policy.evaluation.offline import OfflineConfig, evaluate_offline
 from s2policy.evaluation.rollout import evaluate
 from s2policy.features.augment import AugmentConfig
 from s2policy.features.cache import build_cache, list_caches, remove_cache
@@ -38,7 +39,7 @@ from s2policy.policies.artifact import load, training_state
 from s2policy.policies.mlp import MLPPolicyConfig
 from s2policy.policies.runner import PolicyRunner
 from s2policy.robot.loop import LoopConfig
-from s2policy.robot.run import check_robot
+from s2policy.robot.run import RobotRunConfig, check_robot, run_robot
 from s2policy.robot.safety import SafetyConfig
 from s2policy.task import TaskConfig
 from s2policy.tracking import LoggerConfig
@@ -60,6 +61,8 @@ class Ctx:
     run_config: Callable
     #: The store the run was trained on (resuming must name the same dataset).
     source: Path
+    #: A dataset-defined run (its store records no simulated task: a robot's data).
+    own: Path | None = None
 
     @property
     def ckpt(self) -> Path:
@@ -293,6 +296,35 @@ def _multipart_frame(ctx: Ctx):
     raise RuntimeError(f"robot server: {reply['error']}")
 
 
+def _lowdim_store(ctx: Ctx) -> Path:
+    """A store of a 4-dof arm without cameras: 8-dim state, 4-dim action, no simulated task."""
+    path = ctx.tmp / "arm.zarr"
+    rng = np.random.default_rng(0)
+    with ReplayBuffer.create(path, attrs={"control_hz": 10.0}) as buf:
+        for n in (6, 7):
+            buf.add_episode({"state": rng.normal(size=(n, 8)).astype(np.float32),
+                             "action": rng.normal(size=(n, 4)).astype(np.float32)})  # fmt: skip
+    return path
+
+
+def _spec_refused_by_the_server(ctx: Ctx):
+    """A client whose policy needs an 8-dim state, at a server of a 5-dim-state robot."""
+    from s2policy.data.spec import DataSpec
+    from s2policy.robot.remote import RemoteRobot, RobotServer
+    from s2policy.robot.sim_robot import SimRobot
+
+    robot = SimRobot(TASK)
+    server = RobotServer(robot, "tcp://127.0.0.1:*").start()
+    wanted = DataSpec(cameras={"front": [32, 32]}, state_dim=8, action_dim=5)
+    client = RemoteRobot(server.endpoint, 5000, policy_spec=wanted)
+    try:
+        client.acquire()
+    finally:
+        client.close()
+        server.stop()
+        robot.close()
+
+
 def _big_policy_json(ctx: Ctx) -> None:
     from s2policy.policies.artifact import MAX_POLICY_JSON_BYTES
 
@@ -475,6 +507,19 @@ CASES = [
          r"n_episodes and n_envs must be >= 1"),
     Case("evaluation", "`n_records=-1`", lambda c: EvalConfig(checkpoint="x", n_records=-1),
          r"n_videos and n_records >= 0"),
+    Case("evaluation", "rollouts of a checkpoint of a robot's own data (no task)",
+         lambda c: _eval(c, checkpoint=str(c.own)),
+         r"was trained on a dataset of its own \(cameras front 32x32, wrist 32x32; state 5 "
+         r".*\), not on a simulated task: evaluate it offline"),
+    Case("evaluation", "rollouts of such a checkpoint in a task whose environment differs",
+         lambda c: _eval(c, checkpoint=str(c.own), task=TaskConfig(name="push")),
+         r"does not fit task 'push', whose environment differs: image size front 96x96 instead of "
+         r"32x32, wrist 96x96 instead of 32x32; evaluate it offline"),
+    Case("evaluation", "offline evaluation on a store of another spec",
+         lambda c: evaluate_offline(OfflineConfig(checkpoint=str(c.run),
+                                                  dataset=str(_lowdim_store(c)))),
+         r"arm.zarr does not fit checkpoint .*: cameras \['front', 'wrist'\] missing \(it has "
+         r"\[\]\); state size 8 instead of 5; action size 4 instead of 5", "run"),
     Case("evaluation", "`max_episode_steps=0`",
          lambda c: EvalConfig(checkpoint="x", max_episode_steps=0),
          r"max_episode_steps must be >= 1 \(null: the task's limit\), got 0"),
@@ -546,6 +591,13 @@ CASES = [
     # robot
     Case("robot", "a multipart ZeroMQ request to the robot server", _multipart_frame,
          r"robot server: bad request: one frame expected, got 2"),
+    Case("robot", "a robot of another state size, at the server's handshake",
+         _spec_refused_by_the_server,
+         r"the robot does not match the client's policy: state size 5 instead of 8 \(policy: "),
+    Case("robot", "`robot=sim` for a checkpoint of a robot's own data",
+         lambda c: run_robot(RobotRunConfig(checkpoint=str(c.own), robot="sim")),
+         r"was trained on a dataset of its own \(cameras front 32x32.*\): there is no simulated "
+         r"robot for it; run it with robot=remote"),
     Case("robot", "a robot without the trained cameras and action size",
          lambda c: check_robot(ROBOT_SPEC, load(c.run)),
          r"the robot does not match the checkpoint: cameras \['wrist'\] missing.*action size 4 "
@@ -575,17 +627,31 @@ def trained(source, tmp_path_factory, run_config):
     return run
 
 
-def make_ctx(demo_store: Path, trained: Path, folder: Path, run_config) -> Ctx:
+@pytest.fixture(scope="module")
+def own(source, tmp_path_factory, run_config):
+    """A run defined by its dataset: the store without its simulated task's attributes."""
+    folder = tmp_path_factory.mktemp("bad_inputs_own")
+    store = folder / "my_arm.zarr"
+    shutil.copytree(source, store)
+    root = zarr.open_group(str(store), mode="r+")
+    attrs = {k: v for k, v in root.attrs.asdict().items() if k not in ("task", "env")}
+    root.attrs.put(attrs)
+    run = folder / "run"
+    train(run_config(store, run, small_mlp(), steps=10))
+    return run
+
+
+def make_ctx(demo_store: Path, trained: Path, folder: Path, run_config, own=None) -> Ctx:
     folder.mkdir(parents=True, exist_ok=True)
     store, run = folder / "cube_pick.zarr", folder / "run"
     shutil.copytree(demo_store, store)
     shutil.copytree(trained, run)
-    return Ctx(folder, store, run, run_config, demo_store)
+    return Ctx(folder, store, run, run_config, demo_store, own)
 
 
 @pytest.fixture
-def ctx(source, trained, tmp_path, run_config):
-    return make_ctx(source, trained, tmp_path, run_config)
+def ctx(source, trained, tmp_path, run_config, own):
+    return make_ctx(source, trained, tmp_path, run_config, own)
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c.what for c in CASES])
@@ -635,11 +701,11 @@ def render(messages: dict[int, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_the_documented_table_is_current(source, trained, tmp_path, run_config):
+def test_the_documented_table_is_current(source, trained, tmp_path, run_config, own):
     for i in range(len(CASES)):  # the cases a -k selection left out
         if i not in MESSAGES:
             MESSAGES[i] = run_case(
-                CASES[i], make_ctx(source, trained, tmp_path / str(i), run_config)
+                CASES[i], make_ctx(source, trained, tmp_path / str(i), run_config, own)
             )
     text = render(MESSAGES)
     if os.environ.get("S2POLICY_WRITE_DOCS"):
