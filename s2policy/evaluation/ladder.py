@@ -135,6 +135,44 @@ def comparison_sentence(c: dict[str, Any]) -> str:
     return f"{head} — {verdict}; in the paper's regime ({ladder})."
 
 
+def own_scale_comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each S² row against its own backbone at single scale (:func:`regime`'s ``small`` row):
+    what the extra scales add, whatever the larger models do."""
+    out = []
+    for r in (r for r in rows if is_s2(r)):
+        small = regime(rows, r, r)["small"]
+        if small is None:
+            continue
+        diff, low, high = difference_interval(
+            r["successes"], r["episodes"], small["successes"], small["episodes"]
+        )
+        out.append({"s2": r, "single": small, "difference": diff, "low": low, "high": high})
+    return out
+
+
+def own_scale_sentence(c: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """``cube_pick: S² `vit_micro` (64, 128) 92.0 % vs its single scale (64) 70.0 %: +22.0
+    points [...] — better; blind 5.0 %, oracle 100.0 % (100 episodes each)``."""
+    r, o = c["s2"], c["single"]
+    verdict = "better" if c["low"] > 0 else "worse" if c["high"] < 0 else "no difference shown"
+    bounds = {
+        b["backbone"]: f"{100 * b['success']:.1f} %"
+        for b in rows
+        if b["backbone"] in (BLIND_LABEL, ORACLE_LABEL)
+        and all(b[k] == r[k] for k in ("task", "dataset", "demos", "policy"))
+    }
+    floor = (
+        f"; blind {bounds[BLIND_LABEL]}, oracle {bounds[ORACLE_LABEL]}"
+        if len(bounds) == 2
+        else ""
+    )
+    return (
+        f"{r['task']}: S² {_name(r)} {100 * r['success']:.1f} % vs its own single scale "
+        f"{o['scales']} {100 * o['success']:.1f} %: {_points(c['difference'], c['low'], c['high'])}"
+        f" (Newcombe; {r['episodes']} vs {o['episodes']} episodes) — {verdict}{floor}."
+    )
+
+
 # ---------------------------------------------------------------------- data efficiency
 def _demos(row: dict[str, Any]) -> int | None:
     try:

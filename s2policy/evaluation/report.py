@@ -39,6 +39,8 @@ from s2policy.evaluation.ladder import (
     comparison_sentence,
     demos_table,
     equal_flops_comparisons,
+    own_scale_comparisons,
+    own_scale_sentence,
     plot_demos,
 )
 from s2policy.evaluation.stats import mean_interval, success_rate
@@ -500,6 +502,7 @@ def write_report(
             )
         attach_approx(rows, [read_json(path, "approx.json", "rerun the approximation")])
     comparisons = equal_flops_comparisons(rows)
+    own_scale = own_scale_comparisons(rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = ""
@@ -534,7 +537,9 @@ def write_report(
                 "an action error is not a success rate)\n\n" + offline_markdown(task_offline)
                 + "\n"
             )  # fmt: skip
-        sentences = [comparison_sentence(c) for c in comparisons if c["s2"]["task"] == task]
+        sentences = [
+            own_scale_sentence(c, rows) for c in own_scale if c["s2"]["task"] == task
+        ] + [comparison_sentence(c) for c in comparisons if c["s2"]["task"] == task]
         md += "".join(f"- {line}\n" for line in sentences) + ("\n" if sentences else "")
         by_demos = demos_table(rows, task)
         if by_demos:

@@ -271,7 +271,7 @@ def test_the_regime_sentence_says_when_the_larger_model_is_not_better_at_single_
     (c,) = equal_flops_comparisons(build_rows(weaker))
     assert c["regime"]["tested"] is False and c["low"] > 0  # S² "wins" by a wide margin ...
     md, _ = write_report([write_runs(tmp_path / "weaker", weaker)], tmp_path / "out")
-    line = next(x for x in md.splitlines() if x.startswith("- cube_pick: S²"))
+    line = next(x for x in md.splitlines() if "of equal FLOPs" in x)
     assert "— not a test of the paper's claim: at single scale `vit_mini` − `vit_micro` " in line
     assert "better" not in line.split("—")[1].replace("shown to be better", "")  # ... no verdict
     tie = [  # equal at single scale: the interval of the difference covers 0, not tested either
@@ -309,3 +309,13 @@ def test_success_by_demonstrations_table_and_plot(tmp_path):
     md, written = write_report([write_runs(tmp_path / "one", LADDER)], tmp_path / "out4")
     assert "success by number of demonstrations" not in md  # one count: no such table
     assert not (tmp_path / "out4" / "success_vs_demos.png").exists()
+
+
+def test_each_s2_row_is_compared_with_its_own_single_scale(tmp_path):
+    md, _ = write_report([write_runs(tmp_path / "runs", LADDER)], tmp_path / "out")
+    line = next(x for x in md.splitlines() if "vs its own single scale" in x)
+    assert line.startswith(
+        "- cube_pick: S² `vit_micro` (64, 128) 78.0 % vs its own single scale (64) 21.0 %: "
+        "+57.0 points ["
+    )
+    assert line.endswith("(Newcombe; 200 vs 200 episodes) — better.")  # no oracle row: no bounds
