@@ -162,9 +162,7 @@ def own_scale_sentence(c: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         and all(b[k] == r[k] for k in ("task", "dataset", "demos", "policy"))
     }
     floor = (
-        f"; blind {bounds[BLIND_LABEL]}, oracle {bounds[ORACLE_LABEL]}"
-        if len(bounds) == 2
-        else ""
+        f"; blind {bounds[BLIND_LABEL]}, oracle {bounds[ORACLE_LABEL]}" if len(bounds) == 2 else ""
     )
     return (
         f"{r['task']}: S² {_name(r)} {100 * r['success']:.1f} % vs its own single scale "

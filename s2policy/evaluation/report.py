@@ -537,9 +537,9 @@ def write_report(
                 "an action error is not a success rate)\n\n" + offline_markdown(task_offline)
                 + "\n"
             )  # fmt: skip
-        sentences = [
-            own_scale_sentence(c, rows) for c in own_scale if c["s2"]["task"] == task
-        ] + [comparison_sentence(c) for c in comparisons if c["s2"]["task"] == task]
+        sentences = [own_scale_sentence(c, rows) for c in own_scale if c["s2"]["task"] == task] + [
+            comparison_sentence(c) for c in comparisons if c["s2"]["task"] == task
+        ]
         md += "".join(f"- {line}\n" for line in sentences) + ("\n" if sentences else "")
         by_demos = demos_table(rows, task)
         if by_demos:
