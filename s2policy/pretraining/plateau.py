@@ -17,7 +17,9 @@ class StopConfig:
     evaluations all failed to lower the best held-out loss so far by at least
     ``min_rel_improvement`` (relative). Then the learning rate decays linearly to 0 over
     ``cooldown_fraction`` x the steps done (with ``schedule=constant``: warmup-stable-decay), and
-    the run ends; with the cosine schedule it ends at once.
+    the run ends; with the cosine schedule it ends at once. With ``schedule=constant`` and no
+    plateau within the budget ``steps``, the budget's last ``cooldown_fraction`` is the cooldown
+    (the run is then recorded as stopped by its budget, not converged).
     """
 
     #: Evaluations without enough improvement that make a plateau (0: run the whole budget).

@@ -178,6 +178,14 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
             )  # fmt: skip
         elif trainer.end_at is not None:
             plateau.update(loss, trainer.step)  # the cooldown's points: best loss kept
+        elif (
+            cfg.schedule == "constant"
+            and trainer.step >= (1 - cfg.stop.cooldown_fraction) * cfg.steps
+        ):
+            # no plateau within the budget: its last part is the cooldown (warmup-stable-decay)
+            trainer.end_early(cfg.steps - trainer.step)
+            trainer.extra["cooldown_step"] = trainer.step
+            logger.info("no plateau by step %d: cooling down to the budget's end", trainer.step)
         trainer.extra["plateau"] = plateau.state()
         trainer.extra["wall_s"] = wall_before + time.perf_counter() - start
         return {"heldout_loss": loss}
@@ -216,6 +224,7 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
         "episodes": int(len(np.unique(frame_set.episodes))),
         "stop_rule": cfg.stop.rule(),
         "plateau_step": trainer.extra.get("plateau_step"),
+        "cooldown_step": trainer.extra.get("plateau_step", trainer.extra.get("cooldown_step")),
         "stopped": "plateau" if trainer.extra.get("plateau_step") is not None else "budget",
         "best_heldout_loss": plateau.best if len(val_images) else None,
         "wall_s": trainer.extra["wall_s"],

@@ -271,7 +271,7 @@ def test_a_resumed_run_keeps_its_plateau_and_ends_at_the_same_weights(tmp_path, 
                         val_ratio=0.34, log_every=4, ckpt_every=4, warmup_steps=2,
                         schedule="constant", resume=resume,
                         stop=StopConfig(patience=1, min_rel_improvement=0.99,
-                                        cooldown_fraction=1.0))  # fmt: skip
+                                        cooldown_fraction=0.75))  # fmt: skip
 
     full = pretrain(cfg("full"))
 
@@ -291,4 +291,16 @@ def test_a_resumed_run_keeps_its_plateau_and_ends_at_the_same_weights(tmp_path, 
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     meta = json.loads(resumed.with_suffix(".json").read_text())
-    assert meta["plateau_step"] == 8 and meta["steps"] == 16
+    assert meta["plateau_step"] == 8 and meta["steps"] == 14  # 8 + 0.75 x 8, inside a budget of 40
+
+
+def test_without_a_plateau_the_budgets_last_part_is_the_cooldown(tmp_path, demo_store):
+    cfg = tiny_cfg(demo_store, tmp_path, steps=20, val_every=4, val_frames=8, val_ratio=0.34,
+                   log_every=4, warmup_steps=2, schedule="constant",
+                   stop=StopConfig(patience=0, cooldown_fraction=0.5))  # fmt: skip
+    meta = json.loads(pretrain(cfg).with_suffix(".json").read_text())
+    assert meta["stopped"] == "budget" and meta["plateau_step"] is None
+    assert meta["cooldown_step"] == 12 and meta["steps"] == 20  # the first evaluation past 10
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "run/metrics.jsonl").open())}
+    assert lrs[8] == lrs[12] == pytest.approx(cfg.lr) and lrs[20] == pytest.approx(0.0)
+    assert lrs[16] == pytest.approx(cfg.lr * 4 / 8)
