@@ -246,7 +246,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
 
     def stat(values: np.ndarray) -> dict[str, Any]:
         mean, low, high = mean_interval(values)
-        return {"mean": mean, "ci95": [low, high]}
+        return {"mean": mean, "ci95": [max(0.0, low), high]}  # an error is never below 0
 
     by_step = []
     for k in range(eps[0]["sq"].shape[1]):
