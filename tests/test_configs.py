@@ -31,6 +31,7 @@ def _types() -> dict[str, type]:
     from s2policy.data.replay_buffer import StoreConfig
     from s2policy.data.robomimic_io import RobomimicConfig
     from s2policy.evaluation.approx import ApproxConfig
+    from s2policy.evaluation.offline import OfflineConfig
     from s2policy.evaluation.probe import ProbeConfig
     from s2policy.evaluation.report import ReportConfig
     from s2policy.evaluation.rollout import EvalConfig
@@ -48,6 +49,7 @@ def _types() -> dict[str, type]:
         "collect": CollectConfig,
         "eval": EvalConfig,
         "lerobot": LeRobotConfig,
+        "offline": OfflineConfig,
         "pretrain": PretrainConfig,
         "probe": ProbeConfig,
         "report": ReportConfig,
@@ -67,6 +69,7 @@ TOP_LEVEL = {
     "collect": [],
     "eval": ["checkpoint=x"],
     "lerobot": ["action=import", "src=a", "dst=b.zarr"],
+    "offline": ["checkpoint=x"],
     "pretrain": [],
     "probe": [],
     "report": ["runs=[multirun]"],
@@ -235,25 +238,36 @@ def _sweeps():
 
 def test_every_sweep_value_of_the_experiments_composes():
     cases = list(_sweeps())
-    assert {f for f, *_ in cases} == {"multitask", "multitask_large", "ladder", "demo_ladder"}
+    assert {f for f, *_ in cases} == {
+        "multitask", "multitask_large", "ladder", "ladder_demos", "demo_ladder"
+    }  # fmt: skip
     for file, key, value in cases:
         cfg, composed = compose_typed("config", [f"experiment={file}", f"{key}={value}"])
         if key in composed.hydra.runtime.choices:
             assert composed.hydra.runtime.choices[key] == value
         else:
             assert str(OmegaConf.select(composed, key)) == value
-        if file in ("multitask_large", "ladder", "demo_ladder"):
+        if file in ("multitask_large", "ladder", "ladder_demos", "demo_ladder"):
             assert cfg.dataset == f"datasets/{cfg.task.name}_200.zarr"
         if file == "demo_ladder":  # the ladder's token maps at demo size
             assert cfg.encoder.pool == "tokens" and cfg.train.steps == 2000
-        if file == "ladder":  # the policy recipe of cpu_large on every rung: token maps
+        if file in ("ladder", "ladder_demos"):  # cpu_large's recipe on every rung: token maps
             assert cfg.train.augment.views == 4 and cfg.policy.n_action_steps == 1
             assert cfg.encoder.pool == "tokens" and cfg.policy.spatial_head == "softmax"
+            if cfg.encoder.is_image:  # each rung its own converged weights
+                assert cfg.encoder.weights == f"mae4c_{cfg.encoder.backbone}"
+            assert cfg.run_tag.startswith("_mae4c")
+        if file == "ladder_demos":
+            assert cfg.run_tag == f"_mae4c_n{cfg.train.n_demos}"
 
 
-def test_the_ladder_class_token_rows_are_one_override_away():
-    cfg, _ = compose_typed("config", ["experiment=ladder", "encoder=mini_mae4", "encoder.pool=cls"])
-    assert cfg.encoder.pool == "cls" and cfg.encoder.weights == "mae4_vit_mini"
+def test_the_ladder_class_token_rows_and_equal_step_weights_are_one_override_away():
+    cfg, _ = compose_typed("config", ["experiment=ladder", "encoder=mini", "encoder.pool=cls"])
+    assert cfg.encoder.pool == "cls" and cfg.encoder.weights == "mae4c_vit_mini"
+    cfg, _ = compose_typed(
+        "config", ["experiment=ladder", "encoder=micro_s2", "encoder.weights='mae4_{backbone}'"]
+    )
+    assert cfg.encoder.weights == "mae4_vit_micro" and cfg.encoder.scales == (64, 128)
 
 
 @pytest.mark.parametrize("file", _group_files("encoder"))
