@@ -66,7 +66,9 @@ class LockedError(RuntimeError):
 
 
 def lock_path(path: Path) -> Path:
-    """The lock file of ``path``: ``.<name>.lock`` beside it (it covers creating ``path`` too)."""
+    """The lock file of ``path``: ``.<name>.lock`` beside it (it covers creating ``path`` too),
+    of the path with its symlinks resolved (one lock whichever way the path is written)."""
+    path = Path(path).resolve()
     return path.parent / f".{path.name}.lock"
 
 
@@ -94,12 +96,32 @@ class WriterLock:
 
     def _acquire(self, what: str) -> None:
         import fcntl
+        import time
 
         self.file.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(100):
-            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as err:  # a folder not ours, a lock file of another user
+                logger.warning(
+                    "cannot open the lock file %s (%s): make sure no other process writes %s at "
+                    "the same time",
+                    self.file,
+                    err.strerror,
+                    self.path,
+                )
+                return
+            try:
+                # a reader's look at the lock (current_writer) holds it for a moment: retry
+                # briefly before naming a holder
+                for attempt in range(10):
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if attempt == 9:
+                            raise
+                        time.sleep(0.05)
             except BlockingIOError:
                 note = _read_note(fd)
                 os.close(fd)

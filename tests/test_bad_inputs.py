@@ -520,6 +520,10 @@ CASES = [
                                                   dataset=str(_lowdim_store(c)))),
          r"arm.zarr does not fit checkpoint .*: cameras \['front', 'wrist'\] missing \(it has "
          r"\[\]\); state size 8 instead of 5; action size 4 instead of 5", "run"),
+    Case("training", "`train.select=rollout` on a dataset-defined run",
+         lambda c: train(c.run_config(load(c.own).provenance.dataset, c.tmp / "new", small_mlp(),
+                                      steps=5, select="rollout")),
+         r"train.select=rollout needs a simulated task, but .*my_arm.zarr records none"),
     Case("evaluation", "`max_episode_steps=0`",
          lambda c: EvalConfig(checkpoint="x", max_episode_steps=0),
          r"max_episode_steps must be >= 1 \(null: the task's limit\), got 0"),

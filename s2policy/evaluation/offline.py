@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -87,9 +88,10 @@ def _features(trained: TrainedPolicy, store: str, own: bool, build: bool, device
     if not trained.cameras:
         return None
     fp = trained.provenance.cache_fingerprint
-    if own and fp:
+    if own and fp:  # the training cache, unless the store has changed since it was built
         found = {c.fingerprint: c for c in list_caches(store)}
-        if fp in found and found[fp].complete:
+        steps = ReplayBuffer.open(store).n_steps
+        if fp in found and found[fp].complete and found[fp].attrs.get("n_steps") == steps:
             return found[fp]
     encoder = build_encoder(trained.encoder.config).to(device)
     dtype = trained.encoder.dtype
@@ -131,7 +133,8 @@ def evaluate_offline(cfg: OfflineConfig, trained: TrainedPolicy | None = None) -
         extra = {PRIVILEGED: oracle_features({k: buffer[k][:] for k in keys}, keys)}
     cache = _features(trained, store, own, cfg.build_cache, device)
     val_ratio = float(train_cfg.get("val_ratio", 0.1)) if own else 0.0
-    n_demos = train_cfg.get("n_demos") if own else None
+    # the training split: the episodes the store held then (it may have grown since)
+    n_demos = (train_cfg.get("n_demos") or trained.provenance.dataset_episodes) if own else None
     data = CachedFeatureData(
         store, cache, list(trained.cameras), windows, val_ratio, int(train_cfg.get("seed", 0)),
         device, extra, n_demos,
@@ -246,7 +249,8 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
 
     def stat(values: np.ndarray) -> dict[str, Any]:
         mean, low, high = mean_interval(values)
-        return {"mean": mean, "ci95": [max(0.0, low), high]}  # an error is never below 0
+        # an error is never below 0 (an interval of one episode stays NaN)
+        return {"mean": mean, "ci95": [low if math.isnan(low) else max(0.0, low), high]}
 
     by_step = []
     for k in range(eps[0]["sq"].shape[1]):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -237,7 +238,8 @@ def offline_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for metric in ("mse", "l1"):
             values = np.concatenate([r["offline"][f"episode_{metric}"] for r in runs])
             mean, low, high = mean_interval(values)
-            row[f"action_{metric}"] = (mean, max(0.0, low), high)  # an error is never below 0
+            low = low if math.isnan(low) else max(0.0, low)  # an error is never below 0
+            row[f"action_{metric}"] = (mean, low, high)
         row["episodes"] = int(sum(r["offline"]["episodes"] for r in runs))
         by_step = [r["offline"]["chunk_mse_by_step"] for r in runs]
         # the farthest chunk step that every run has data for (episodes end before the horizon)

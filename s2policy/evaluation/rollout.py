@@ -159,6 +159,8 @@ class Rollouts:
         finally:
             venv.close()
             self.runner.on_predict = None
+            if self.recorder is not None:
+                self.recorder.buffer.close()  # the records store's writer lock
         return self.episodes
 
     def _observations(self, obs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:

@@ -317,8 +317,21 @@ def load(
         has_ema=has_ema,
         used_ema=use_ema and has_ema,
         path=ckpt,
-        spec=DataSpec.from_dict(info["data_spec"]) if info.get("data_spec") else None,
+        spec=_spec(info, ckpt),
     )
+
+
+def _spec(info: dict[str, Any], ckpt: Path) -> DataSpec | None:
+    """The checkpoint's data spec (None: written before specs, derived from its task)."""
+    if not info.get("data_spec"):
+        return None
+    try:
+        return DataSpec.from_dict(info["data_spec"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(
+            f"{ckpt}/policy.json has a data_spec that is not one ({type(err).__name__}: {err}): "
+            "was policy.json edited? restore the checkpoint or retrain"
+        ) from err
 
 
 def recover(run_dir: str | Path) -> Path | None:

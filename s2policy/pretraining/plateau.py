@@ -14,17 +14,19 @@ class StopConfig:
     once the held-out loss has plateaued.
 
     The rule: after each held-out evaluation, the run has plateaued when the ``patience`` latest
-    evaluations all failed to lower the best held-out loss so far by at least
-    ``min_rel_improvement`` (relative). Then the learning rate decays linearly to 0 over
-    ``cooldown_fraction`` x the steps done (with ``schedule=constant``: warmup-stable-decay), and
-    the run ends; with the cosine schedule it ends at once. With ``schedule=constant`` and no
-    plateau within the budget ``steps``, the budget's last ``cooldown_fraction`` is the cooldown
-    (the run is then recorded as stopped by its budget, not converged).
+    evaluations all failed to lower the held-out loss by at least ``min_rel_improvement``
+    (relative) below the last loss that did (:class:`Plateau`'s anchor). Then the learning rate
+    decays linearly to 0 over ``cooldown_fraction`` x the steps done (with
+    ``schedule=constant``: warmup-stable-decay), and the run ends; with the cosine schedule it
+    ends at once. With ``schedule=constant`` and no plateau within the budget ``steps``, the
+    cooldown starts at the first held-out evaluation in the budget's last ``cooldown_fraction``
+    (at ``val_every=250``, ``steps=6000`` and 0.2: step 5000, a cooldown of 1000 steps) and the
+    run is recorded as stopped by its budget, not converged.
     """
 
     #: Evaluations without enough improvement that make a plateau (0: run the whole budget).
     patience: int = 0
-    #: The relative improvement of the best held-out loss that counts (0.01: 1 %).
+    #: The relative improvement of the held-out loss that counts (0.01: 1 %).
     min_rel_improvement: float = 0.01
     #: The learning-rate cooldown after a plateau, as a fraction of the steps done.
     cooldown_fraction: float = 0.2
@@ -50,8 +52,9 @@ class StopConfig:
         if not self.enabled:
             return "no plateau rule: the whole step budget"
         return (
-            f"plateau when {self.patience} held-out evaluations in a row lower the best held-out "
-            f"loss by less than {100 * self.min_rel_improvement:g} % (relative), then a linear "
+            f"plateau when {self.patience} held-out evaluations in a row lower the held-out loss "
+            f"by less than {100 * self.min_rel_improvement:g} % (relative) below the last one "
+            f"that did, then a linear "
             f"learning-rate cooldown over {100 * self.cooldown_fraction:g} % of the steps done"
         )
 

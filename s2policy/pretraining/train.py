@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 
 from s2policy.encoders.backbones import build_backbone
 from s2policy.encoders.preprocess import frames_to_tensor
-from s2policy.fileio import save_tensors
+from s2policy.fileio import disk_full, save_tensors
 from s2policy.pretraining.frames import FrameSet, load_frames
 from s2policy.pretraining.mae import MaskedAutoencoder, s2_tiles
 from s2policy.pretraining.plateau import Plateau, StopConfig
@@ -163,6 +163,18 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
             plateau.load(trainer.extra["plateau"])
     wall_before = float(trainer.extra.get("wall_s", 0.0))
     val_images = frame_set.images[val_idx]
+    if cfg.stop.enabled and not len(val_images):
+        raise ValueError(
+            "stop.patience needs held-out frames, but val_ratio holds out no episode (a single "
+            "episode?); add episodes or set stop.patience=0"
+        )
+    if cfg.schedule == "constant" and not len(val_images) and trainer.lr_factor.start is None:
+        # no evaluation to start the budget's cooldown: it is set now (kept by a resume)
+        first = cfg.steps - int(round(cfg.stop.cooldown_fraction * cfg.steps))
+        trainer.lr_factor.decay(first, cfg.steps)
+
+    def wall() -> float:
+        return wall_before + time.perf_counter() - start
 
     def validate() -> dict[str, Any]:
         """The held-out loss; at a plateau, the cooldown (or the end) is set."""
@@ -187,8 +199,12 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
             trainer.extra["cooldown_step"] = trainer.step
             logger.info("no plateau by step %d: cooling down to the budget's end", trainer.step)
         trainer.extra["plateau"] = plateau.state()
-        trainer.extra["wall_s"] = wall_before + time.perf_counter() - start
+        trainer.extra["wall_s"] = wall()
         return {"heldout_loss": loss}
+
+    def checkpoint() -> Path:
+        trainer.extra["wall_s"] = wall()
+        return trainer.save_checkpoint(save_mae, "rerun with resume=true (the checkpoint is kept)")
 
     def batch() -> torch.Tensor:
         """Frames drawn at one of ``cfg.scales``, normalized and cut into S²-style tiles."""
@@ -209,12 +225,12 @@ def pretrain(cfg: PretrainConfig, on_log: Callable[[dict[str, Any]], None] | Non
         trainer.run(
             next_batch=batch,
             loss=lambda images: mae(images, mask_gen)[0],
-            on_checkpoint=lambda: trainer.save_checkpoint(save_mae),
+            on_checkpoint=checkpoint,
             on_log=tracker.chain(on_log),
             validate=validate if len(val_images) else None,
             val_every=cfg.val_every,
         )
-    trainer.extra["wall_s"] = wall_before + time.perf_counter() - start
+    trainer.extra["wall_s"] = wall()
     summary = {
         "steps_done": trainer.step,
         "epochs": trainer.step * cfg.batch_size / max(1, len(frames)),
@@ -273,7 +289,16 @@ def save_weights(
     folder = Path(cfg.weights_dir or os.environ.get("S2POLICY_WEIGHTS_DIR", "weights"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{cfg.name}.safetensors"
-    save_tensors({k: v.detach().cpu().contiguous() for k, v in mae.vit.state_dict().items()}, path)
+    partial = path.with_name(path.name + ".partial")
+    try:  # written beside and renamed: a failed write never leaves a truncated weights file
+        weights = {k: v.detach().cpu().contiguous() for k, v in mae.vit.state_dict().items()}
+        save_tensors(weights, partial)
+        os.replace(partial, path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        if full := disk_full(err, path, "rerun with resume=true (the checkpoint is kept)"):
+            raise full from err
+        raise
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss" in r]
     heldout = [[r["step"], r["heldout_loss"]] for r in records if "heldout_loss" in r]

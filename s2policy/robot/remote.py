@@ -37,7 +37,9 @@ The server protects the robot on its own, whatever the client does:
 - **Any frame**: the server's socket is a ZeroMQ ROUTER (no request/reply state machine to break):
   a multipart, malformed or undecodable request gets an error reply, a request over
   ``MAX_REQUEST_BYTES`` disconnects its sender, and an error while handling one request is
-  logged and answered; none stops the server.
+  logged and answered; none stops the server. (The watchdog and the requests share one lock
+  around the robot: a robot call that never returns blocks the watchdog too, so a robot's
+  driver must time its own calls out.)
 - **CURVE** (ZeroMQ's public-key authentication and encryption): with
   ``server_secret_file`` and ``authorized_clients_dir`` (keys from ``python -m
   s2policy.robot.keys``), only clients whose public key file (``<name>.key``) is in that folder
@@ -138,16 +140,16 @@ def _load_keypair(path: str | Path, what: str) -> tuple[bytes, bytes]:
     return public, secret
 
 
-class LeaseError(RuntimeError):
+class LeaseError(RuntimeError, ValueError):
     """The server refused a request under its lease rules (another client controls the robot,
     or this client's lease expired)."""
 
 
-class SafetyRefused(RuntimeError):
+class SafetyRefused(RuntimeError, ValueError):
     """The server's safety filter refused an action (non-finite or misshapen); it held."""
 
 
-class SpecMismatch(RuntimeError):
+class SpecMismatch(RuntimeError, ValueError):
     """The server's robot does not offer what the client's policy needs (cameras, image sizes,
     state or action sizes): it refused the lease."""
 
@@ -267,8 +269,8 @@ class RobotServer:
         if args.get("spec") is not None:  # the client's policy: checked against this robot
             try:
                 wanted = DataSpec.from_dict(args["spec"])
-            except (TypeError, ValueError, KeyError) as err:
-                return _error(f"bad request: spec is not a data spec ({err})")
+            except Exception as err:  # noqa: BLE001  (any map may arrive)
+                return _error(f"bad request: spec is not a data spec ({type(err).__name__})")
             robot = DataSpec.from_robot(self.robot.spec())
             problems = wanted.mismatches(robot)
             if problems:
@@ -350,6 +352,15 @@ class RobotServer:
             return self._handle(request, client)
 
     def _handle(self, request: Any, client: str) -> dict[str, Any]:
+        reply = self._reply(request, client)
+        lease = self.lease  # a long request (a reset) is a heartbeat when it ends, too
+        if lease is not None and isinstance(request, dict):
+            token = request.get("lease")
+            if isinstance(token, str) and hmac.compare_digest(token.encode(), lease.token.encode()):
+                lease.last_seen = self.clock()
+        return reply
+
+    def _reply(self, request: Any, client: str) -> dict[str, Any]:
         if not isinstance(request, dict):
             return _error(f"bad request: a map expected, got {type(request).__name__}")
         op, args, token = request.get("op"), request.get("args") or {}, request.get("lease")
@@ -460,7 +471,8 @@ class RobotServer:
             except zmq.ZMQError:
                 pass
         if len(body) != 1 or len(frames) > MAX_FRAMES:
-            self.events["bad_frame"] += 1
+            with self._robot_lock:
+                self.events["bad_frame"] += 1
             logger.warning(
                 "refused a request of %d frames from client %s (one expected)", len(body), client
             )
@@ -469,7 +481,8 @@ class RobotServer:
             try:
                 request = unpack(body[0].bytes)
             except Exception as err:  # noqa: BLE001  (any bytes may arrive)
-                self.events["bad_frame"] += 1
+                with self._robot_lock:
+                    self.events["bad_frame"] += 1
                 reply = _error(f"bad request: not a msgpack map ({type(err).__name__}: {err})")
             else:
                 reply = self.handle(request, client)

@@ -122,7 +122,8 @@ def run_robot(
     log = RobotLog(
         out / f"{stamp}.zarr",
         attrs={
-            **({"task": task.name, "env": task.env.to_dict()} if task is not None else {}),
+            # a simulated robot's log is that task's data; a real robot's defines its own run
+            **({"task": task.name, "env": task.env.to_dict()} if cfg.robot == "sim" else {}),
             "cameras": spec["cameras"],
             "control_hz": hz,
             "checkpoint": str(trained.path),
@@ -156,6 +157,7 @@ def run_robot(
     finally:
         worker.close()
         robot.close()
+        log.buffer.close()  # the log's writer lock
     summary = {**summarize(reports), "hz": hz, "log": str(log.buffer.path), "config": asdict(cfg)}
     (out / f"{stamp}_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary

@@ -5,10 +5,13 @@ Every rule that changes or refuses an action reports an event name; the loop log
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 EVENTS = (
     "nonfinite",
@@ -53,7 +56,13 @@ class SafetyFilter:
     """``filter(action, state) -> (action or None, events)``; ``None`` means: hold.
 
     The translation is clipped to the workspace box first and to ``max_step_m`` last, so no
-    command moves the end effector farther than ``max_step_m``, even from outside the box."""
+    command moves the end effector farther than ``max_step_m``, even from outside the box.
+
+    The box needs the end effector's position: ``state[:3]`` for the robots of this project's
+    interface (``state`` = ee x, y, z, yaw, gripper; a spec without ``state_names``, or whose
+    names begin ``ee_x, ee_y, ee_z``), or the indices a spec gives as ``ee_position``. A robot
+    whose state is something else (joint angles) gets no box — never motion made up from a state
+    read as a position — and a warning; its step, yaw and gripper limits still apply."""
 
     def __init__(self, cfg: SafetyConfig, robot_spec: dict[str, Any]):
         self.cfg = cfg
@@ -61,6 +70,16 @@ class SafetyFilter:
         self.yaw_scale = float(robot_spec["max_yaw_step_rad"])
         self.yaw = bool(robot_spec["yaw_control"])
         self.low, self.high = np.asarray(cfg.workspace_low), np.asarray(cfg.workspace_high)
+        names = robot_spec.get("state_names")
+        self.ee = robot_spec.get("ee_position")
+        if self.ee is None and (names is None or list(names[:3]) == ["ee_x", "ee_y", "ee_z"]):
+            self.ee = [0, 1, 2]
+        if self.ee is None:
+            logger.warning(
+                "the robot's state (%s) holds no end-effector position (no ee_position in its "
+                "spec): the workspace box is not applied, only the step limits",
+                ", ".join(map(str, names[:4])),
+            )
 
     def filter(self, action: np.ndarray, state: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
         action = np.asarray(action, dtype=np.float64)
@@ -73,8 +92,12 @@ class SafetyFilter:
             events.append("max_step")
         # the box first, the step limit last: the limit bounds the command that is sent, also
         # when the robot stands outside the box (it then moves back in bounded steps)
-        pos = np.asarray(state[:3], dtype=np.float64)
-        target = np.clip(pos + delta, self.low, self.high)
+        if self.ee is None:  # no position to keep in a box
+            pos = np.zeros(3)
+            target = pos + delta
+        else:
+            pos = np.asarray(state, dtype=np.float64)[list(self.ee)]
+            target = np.clip(pos + delta, self.low, self.high)
         if not np.allclose(target, pos + delta):
             events.append("workspace")
         delta = target - pos

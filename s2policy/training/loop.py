@@ -230,6 +230,11 @@ def fit(
     prepared = prepare_data(cfg, device, dtype)
     if resumed is not None:
         check_resume_encoder(cfg, prepared, resumed)
+    if prepared.task is None and tcfg.select == "rollout" and cfg.eval.task is None:
+        raise ValueError(
+            f"train.select=rollout needs a simulated task, but {cfg.dataset} records none (a "
+            "dataset-defined run): use train.select=val_loss or last"
+        )
     if on_start is not None:
         on_start()
     data = prepared.data

@@ -98,7 +98,9 @@ class Trainer:
 
     AdamW over ``params`` (default: the model's trainable parameters) with ``cfg.lr``,
     ``cfg.weight_decay`` and ``betas``; a cosine schedule over ``cfg.steps`` after
-    ``cfg.warmup_steps`` of linear warm-up; gradients clipped to norm ``grad_clip`` (0: off).
+    ``cfg.warmup_steps`` of linear warm-up (or, with ``cfg.schedule == "constant"``, a constant
+    rate after the warm-up until :meth:`end_early` or the caller starts a linear decay);
+    gradients clipped to norm ``grad_clip`` (0: off).
     ``generators`` name every random generator a step draws from; their states are saved under
     those names (``torch.default_generator`` stands for the global torch RNG). ``rank`` > 0
     writes no metrics and calls no ``on_log``. ``samples_per_step`` (batch size x world size)
@@ -218,18 +220,21 @@ class Trainer:
         self.ema.restore(self.model.parameters())
         return weights
 
-    def save_checkpoint(self, write: Callable[[Path], None]) -> Path:
+    def save_checkpoint(
+        self,
+        write: Callable[[Path], None],
+        rerun: str = "resume with train.resume=true (the previous checkpoint is kept)",
+    ) -> Path:
         """Write ``<out_dir>/checkpoint``: ``write(folder)`` adds the model's files, then the
-        training state; built in ``checkpoint.new`` and swapped in whole."""
+        training state; built in ``checkpoint.new`` and swapped in whole. ``rerun``: what a full
+        disk's sentence tells the user to do."""
         new, final = self.out_dir / "checkpoint.new", self.out_dir / "checkpoint"
 
         def write_all(folder: Path) -> None:
             write(folder)
             save_state(self.state(), folder / STATE_FILE)
 
-        return write_folder(
-            new, final, write_all, "resume with train.resume=true (the previous checkpoint is kept)"
-        )
+        return write_folder(new, final, write_all, rerun)
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -314,6 +319,8 @@ class Trainer:
                     record = self.window_record()
                 if validate is not None and (self.step % val_every == 0 or self.step >= self.steps):
                     record = {**(record or {"step": self.step}), **validate()}
+                    if self.step >= self.steps and self.loss_key not in record:
+                        record = {**self.window_record(), **record}  # ended by validate()
                 if record is not None:
                     self.log(record, metrics, on_log)
                 if self.step % self.ckpt_every == 0 and self.step < self.steps:

@@ -100,6 +100,7 @@ def test_a_dataset_defined_run_records_the_data_spec_and_evaluates_offline(own_r
     assert len(results["episodes_evaluated"]) == 1  # 34 % of 3 episodes held out
     off = results["offline"]
     assert off["episodes"] == 1 and len(off["action_mse"]["per_dim"]) == 4
+    assert all(np.isnan(off["action_mse"]["ci95"]))  # one episode: no interval, not [0, nan]
     assert len(off["chunk_mse_by_step"]) == 8 - 2 + 1  # horizon from the current step
     assert (run / f"eval_offline/open_loop_episode{results['episodes_evaluated'][0]}.png").is_file()
 
@@ -169,3 +170,27 @@ def test_runs_are_grouped_by_the_stores_task_or_name(own_run, demo_store, tmp_pa
     assert run_group(str(store), "cube_pick") == "my_arm"  # no task= needed, none misnamed
     assert run_group(str(demo_store), "push") == "cube_pick"  # what the store records
     assert run_group(str(tmp_path / "none.zarr"), "place") == "place"  # nothing collected yet
+
+
+def test_a_grown_store_keeps_the_training_split_and_gets_fresh_features(own_run, tmp_path):
+    """Episodes appended after training must not turn trained episodes into "held out"."""
+    import shutil
+
+    from s2policy.data.replay_buffer import ReplayBuffer
+
+    store, run = own_run
+    grown = tmp_path / "grown.zarr"
+    shutil.copytree(store, grown)
+    before = evaluate_offline(OfflineConfig(checkpoint=str(run), output_dir=str(tmp_path / "a")))
+    with ReplayBuffer.open(grown, "a") as buf:
+        for i in range(3):
+            buf.add_episode(buf.get_episode(i), {k: buf.get_meta(k)[i] for k in buf.meta_keys()})
+    trained = load(run)
+    trained.provenance = type(trained.provenance)(
+        str(grown), 3, trained.provenance.cache_fingerprint, trained.provenance.config
+    )  # the run as if it had been trained on the store before it grew
+    after = evaluate_offline(
+        OfflineConfig(checkpoint=str(run), output_dir=str(tmp_path / "b")), trained
+    )
+    assert after["episodes_evaluated"] == before["episodes_evaluated"] and after["held_out"]
+    assert after["offline"]["steps"] == before["offline"]["steps"]

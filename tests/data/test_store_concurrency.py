@@ -209,3 +209,13 @@ def test_a_closed_writer_frees_the_store_in_the_same_process(tmp_path):
     with ReplayBuffer.open(path, "a") as again:
         again.add_episode({"action": np.ones((2, 2), np.float32)})
     assert not lock_path(path).exists()
+
+
+def test_one_lock_whichever_way_the_path_is_written(tmp_path):
+    path = tmp_path / "s.zarr"
+    ReplayBuffer.create(path).close()
+    link = tmp_path / "link.zarr"
+    link.symlink_to(path)
+    with ReplayBuffer.open(path, "a"):
+        with pytest.raises(StoreLockedError, match="this process"):
+            ReplayBuffer.open(link, "a")

@@ -385,3 +385,22 @@ def test_the_watchdog_holds_the_robot_even_when_the_request_loop_has_died(clock,
     assert not server._thread.is_alive() and server._watchdog.is_alive()
     clock.t += 1.5
     assert wait_until(lambda: robot.holds == 1), "no watchdog outside the request loop"
+
+
+def test_a_robot_whose_state_is_not_a_position_gets_no_workspace_box(caplog):
+    """Joint angles read as a position would make the box move the arm on its own."""
+    from s2policy.robot.safety import SafetyFilter
+
+    spec = {**SPEC, "state_names": [f"joint{i}" for i in range(7)] + ["gripper"]}
+    with caplog.at_level(logging.WARNING, logger="s2policy.robot.safety"):
+        safety = SafetyFilter(SafetyConfig(max_step_m=0.02), spec)
+    assert "holds no end-effector position" in caplog.text
+    state = np.zeros(8)  # z = 0 lies below the box's floor: no motion may come of it
+    safe, events = safety.filter(STILL, state)
+    np.testing.assert_array_equal(safe, STILL)
+    assert events == []
+    safe, events = safety.filter(np.array([1.0, 0, 0, 0, 0], np.float32), state)
+    assert "max_step" in events and safe[0] * SPEC["max_step_m"] <= 0.02 + 1e-7
+    named = SafetyFilter(SafetyConfig(), {**spec, "ee_position": [3, 4, 5]})  # told where it is
+    safe, events = named.filter(STILL, np.array([0, 0, 0, 0.40, 0, 0.1, 0, 0]))
+    assert "workspace" in events and safe[0] < 0  # back toward the box, from x = 0.40
