@@ -10,7 +10,7 @@ DEMO_EPISODES ?= 200
 
 TASKS := cube_pick place stack push
 
-.PHONY: setup sysdeps demo demo-tasks demo-ladder test test-fast lint format bench gpu-prep clean
+.PHONY: setup sysdeps demo demo-tasks demo-ladder test test-fast lint format bench gpu-prep docs clean
 
 setup: sysdeps $(STAMP)
 
@@ -67,6 +67,10 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
+# The docs site (mkdocs-material): http://127.0.0.1:8000; `make test` builds it with --strict.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -90,4 +94,4 @@ gpu-prep: setup
 	$(PY) benchmarks/gpu_suite.py --smoke --device cpu --out outputs/gpu_smoke
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
+	rm -rf $(VENV) outputs multirun site .pytest_cache .ruff_cache

@@ -28,6 +28,7 @@ def register_configs() -> None:
     from s2policy.evaluation.approx import ApproxConfig
     from s2policy.evaluation.offline import OfflineConfig
     from s2policy.evaluation.probe import ProbeConfig
+    from s2policy.evaluation.publish import PublishConfig
     from s2policy.evaluation.report import ReportConfig
     from s2policy.evaluation.rollout import EvalConfig
     from s2policy.features.command import CacheCommandConfig
@@ -62,6 +63,7 @@ def register_configs() -> None:
     cs.store(name="robot_keys_schema", node=RobotKeysConfig)
     cs.store(name="viz_schema", node=VizConfig)
     cs.store(name="offline_schema", node=OfflineConfig)
+    cs.store(name="publish_schema", node=PublishConfig)
 
 
 def run_hydra(

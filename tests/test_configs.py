@@ -33,6 +33,7 @@ def _types() -> dict[str, type]:
     from s2policy.evaluation.approx import ApproxConfig
     from s2policy.evaluation.offline import OfflineConfig
     from s2policy.evaluation.probe import ProbeConfig
+    from s2policy.evaluation.publish import PublishConfig
     from s2policy.evaluation.report import ReportConfig
     from s2policy.evaluation.rollout import EvalConfig
     from s2policy.features.command import CacheCommandConfig
@@ -52,6 +53,7 @@ def _types() -> dict[str, type]:
         "offline": OfflineConfig,
         "pretrain": PretrainConfig,
         "probe": ProbeConfig,
+        "publish": PublishConfig,
         "report": ReportConfig,
         "robomimic": RobomimicConfig,
         "robot": RobotRunConfig,
@@ -72,6 +74,7 @@ TOP_LEVEL = {
     "offline": ["checkpoint=x"],
     "pretrain": [],
     "probe": [],
+    "publish": [],
     "report": ["runs=[multirun]"],
     "robomimic": ["action=import", "src=a.hdf5", "dst=b.zarr"],
     "robot": ["checkpoint=x"],
