@@ -41,7 +41,7 @@ sysdeps:
 # seeded evaluation -> success table (normalized between floor and ceiling) + plot + videos.
 demo: setup
 	$(PY) collect_demos.py task=cube_pick n_episodes=$(DEMO_EPISODES)
-	$(PY) train_policy.py -m experiment=demo encoder=blind,oracle,micro_mae,micro_s2_mae train.overwrite=true
+	$(PY) train_policy.py -m experiment=demo encoder=blind,oracle,micro,micro_s2 train.overwrite=true
 	$(PY) -m s2policy.evaluation.report runs=[multirun/cube_pick] out=multirun/cube_pick/report
 	@echo "videos: multirun/cube_pick/*/eval/*.mp4"
 

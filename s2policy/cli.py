@@ -10,7 +10,7 @@ the same everywhere; ``argv`` replaces the command line for in-process calls.
     s2policy-pretrain backbone=vit_micro img_size=64 scales=[64,128]
     s2policy-report runs=[multirun/cube_pick]              # s2policy.evaluation.report
     s2policy-probe encoders=[micro,micro_s2]               # s2policy.evaluation.probe
-    s2policy-approx sources=[micro_s2_mae4] target=midi_mae4  # s2policy.evaluation.approx
+    s2policy-approx sources=[micro_s2] target=midi weights=mae4  # s2policy.evaluation.approx
     s2policy-robomimic action=import src=... dst=...       # s2policy.data.robomimic_io
     s2policy-robot checkpoint=... robot=sim                # s2policy.robot.run
 """

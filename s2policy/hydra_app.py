@@ -33,11 +33,27 @@ def run_group(dataset: str, task: str) -> str:
     return Path(str(dataset)).name.removesuffix(".zarr")
 
 
+#: The short names of poolings in run names (the class token is the default: none).
+POOL_TAGS = {"cls": "", "tokens": "_tok", "mean": "_mean"}
+
+
+def encoder_name(encoder: str, weights: Any, pool: str) -> str:
+    """A run's encoder in its name: the ``encoder=`` choice, then the ``encoder/weights=``
+    choice and the pooling when they are not the defaults (``micro_s2_mae4_tok``); the blind and
+    oracle rows have neither."""
+    if encoder in ("blind", "oracle"):
+        return encoder
+    tag = "" if weights in (None, "None", "null") else f"_{weights}"
+    return f"{encoder}{tag}{POOL_TAGS.get(str(pool), f'_{pool}')}"
+
+
 def register_resolvers() -> None:
-    """The project's OmegaConf resolvers (``${s2policy_run_group:dataset,task}``)."""
+    """The project's OmegaConf resolvers (``${s2policy_run_group:dataset,task}``,
+    ``${s2policy_encoder_name:encoder,weights,pool}``)."""
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("s2policy_run_group", run_group, replace=True)
+    OmegaConf.register_new_resolver("s2policy_encoder_name", encoder_name, replace=True)
 
 
 def schemas(**nodes: Any) -> Callable[[], None]:

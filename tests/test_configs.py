@@ -86,6 +86,7 @@ TOP_LEVEL = {
 #: Config groups (folders) -> every (top-level config, override key) that selects from them.
 GROUPS = {
     "encoder": [("config", "encoder"), ("cache", "encoder"), ("eval", "encoder")],
+    "encoder/weights": [("config", "encoder/weights"), ("cache", "encoder/weights")],
     "policy": [("config", "policy")],
     "train": [("config", "train")],
     # pretrain.yaml's ``task@task`` is the package the group has anyway: its key is ``task``.
@@ -218,7 +219,10 @@ def test_group_file_composes_where_it_belongs(group, file, name, key):
     assert type(cfg) is _types()[name]
     assert composed.hydra.runtime.choices[key] == file
     yaml = OmegaConf.load(CONFIG_DIR / group / f"{file}.yaml")
+    header = re.match(r"# @package (\S+)", (CONFIG_DIR / group / f"{file}.yaml").read_text())
     package = () if group == "experiment" else tuple(_package(key).split("."))  # _global_
+    if header and header.group(1) != "_global_":
+        package = tuple(header.group(1).split("."))
     for path, value in _leaves(yaml):
         assert _get(composed, (*package, *path)) == value, (*package, *path)
     if group == "experiment":  # the experiment's own group choices are made
@@ -259,18 +263,21 @@ def test_every_sweep_value_of_the_experiments_composes():
             assert cfg.encoder.pool == "tokens" and cfg.policy.spatial_head == "softmax"
             if cfg.encoder.is_image:  # each rung its own converged weights
                 assert cfg.encoder.weights == f"mae4c_{cfg.encoder.backbone}"
-            assert cfg.run_tag.startswith("_mae4c")
+            if cfg.encoder.is_image:  # the run names say the weights and the pooling
+                assert cfg.run_name.startswith(f"{value}_mae4c_tok_") or key != "encoder"
         if file == "ladder_demos":
-            assert cfg.run_tag == f"_mae4c_n{cfg.train.n_demos}"
+            assert cfg.run_tag == f"_n{cfg.train.n_demos}"
 
 
 def test_the_ladder_class_token_rows_and_equal_step_weights_are_one_override_away():
     cfg, _ = compose_typed("config", ["experiment=ladder", "encoder=mini", "encoder.pool=cls"])
     assert cfg.encoder.pool == "cls" and cfg.encoder.weights == "mae4c_vit_mini"
+    assert cfg.run_name == "mini_mae4c_mlp_seed0"
     cfg, _ = compose_typed(
-        "config", ["experiment=ladder", "encoder=micro_s2", "encoder.weights='mae4_{backbone}'"]
+        "config", ["experiment=ladder", "encoder=micro_s2", "encoder/weights=mae4"]
     )
     assert cfg.encoder.weights == "mae4_vit_micro" and cfg.encoder.scales == (64, 128)
+    assert cfg.run_name == "micro_s2_mae4_tok_mlp_seed0"
 
 
 @pytest.mark.parametrize("file", _group_files("encoder"))

@@ -10,7 +10,7 @@ target's mean). The reverse direction (target → source) is reported beside it:
 are a superset of what the large model sees, the forward R² is high and the reverse lower.
 
     python -m s2policy.evaluation.approx dataset=datasets/cube_pick_200.zarr \
-        sources=[micro_mae4,micro_s2_mae4,mini_mae4] target=midi_mae4 augment.views=4 \
+        sources=[micro,micro_s2,mini] target=midi weights=mae4 augment.views=4 \
         out=multirun/ladder/approx
 
 (``configs/approx.yaml``, typed by :class:`ApproxConfig`.) It writes ``approx.json`` (read by the
@@ -31,6 +31,7 @@ import numpy as np
 from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.evaluation.probe import (
     ALPHAS,
+    KEEP,
     cache_matrix,
     encoder_config,
     episode_rows,
@@ -96,9 +97,15 @@ class ApproxConfig:
 
     dataset: str = "datasets/cube_pick_200.zarr"
     #: Names of ``configs/encoder/*.yaml`` whose features approximate the target's.
-    sources: list[str] = field(default_factory=lambda: ["micro_mae4", "micro_s2_mae4"])
+    sources: list[str] = field(default_factory=lambda: ["micro", "micro_s2"])
     #: Name of the encoder (usually the largest) to approximate.
-    target: str = "midi_mae4"
+    target: str = "midi"
+    #: The weights of every source and the target: a ``configs/encoder/weights/<name>.yaml``
+    #: (``mae4``: each backbone its own ``mae4_<backbone>``), a weights name or file; null: each
+    #: encoder config's own.
+    weights: str | None = "mae4"
+    #: The target's weights when they differ from the sources' (null: ``weights``).
+    target_weights: str | None = None
     #: Output folder of ``approx.json`` and ``approx.md``; null: print only.
     out: str | None = None
     val_ratio: float = 0.2
@@ -129,8 +136,8 @@ def run_approx(cfg: ApproxConfig) -> dict[str, Any]:
     from s2policy.encoders.s2 import build_encoder
     from s2policy.features.cache import build_cache
 
-    def features(name: str) -> tuple[Any, np.ndarray]:
-        enc = encoder_config(name, configs=cfg.configs)
+    def features(name: str, weights: str | None) -> tuple[Any, np.ndarray]:
+        enc = encoder_config(name, weights if weights else KEEP, cfg.configs)
         cache = build_cache(cfg.dataset, build_encoder(enc), augment=cfg.augment)
         return enc, cache_matrix(cache)
 
@@ -138,10 +145,10 @@ def run_approx(cfg: ApproxConfig) -> dict[str, Any]:
     if buffer.n_episodes < 2:
         raise ValueError(f"{cfg.dataset} holds 1 episode; need 2 or more to hold one out")
     train, test = episode_rows(buffer, cfg.val_ratio, cfg.seed)
-    target_enc, target = features(cfg.target)
+    target_enc, target = features(cfg.target, cfg.target_weights or cfg.weights)
     rows = []
     for name in cfg.sources:
-        enc, source = features(name)
+        enc, source = features(name, cfg.weights)
         rows.append(
             {
                 "source": name,

@@ -160,7 +160,9 @@ KEEP = "<keep>"
 def encoder_config(name: str, weights: str | None = KEEP, configs: str | Path | None = None):
     """``configs/encoder/<name>.yaml`` as a typed :class:`EncoderConfig`, composed by hydra just
     as ``encoder=<name>`` is in the other commands; ``weights`` replaces its weights (None,
-    ``"null"`` or ``"random"``: random init; :data:`KEEP`: the config's own)."""
+    ``"null"`` or ``"random"``: random init; :data:`KEEP`: the config's own; the name of a
+    ``configs/encoder/weights/<name>.yaml``, as ``encoder/weights=<name>``: ``mae4``; else a
+    weights name or file)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
@@ -170,11 +172,16 @@ def encoder_config(name: str, weights: str | None = KEEP, configs: str | Path | 
     from s2policy.hydra_app import CONFIG_DIR, schemas
 
     schemas(encoder_choice_schema={"encoder": EncoderConfig})()
+    folder = Path(configs or CONFIG_DIR).resolve()
+    overrides = [f"+encoder={name}"]
+    if isinstance(weights, str) and (folder / "encoder" / "weights" / f"{weights}.yaml").is_file():
+        overrides.append(f"+encoder/weights={weights}")  # a weights group: mae4, mae4c, ...
+        weights = KEEP
     backup = get_gh_backup()  # also works inside a running hydra app (restored below)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(str(Path(configs or CONFIG_DIR).resolve()), version_base="1.3"):
-            cfg = compose("encoder_choice_schema", overrides=[f"+encoder={name}"])
+        with initialize_config_dir(str(folder), version_base="1.3"):
+            cfg = compose("encoder_choice_schema", overrides=overrides)
     finally:
         restore_gh_from_backup(backup)
     if weights != KEEP:

@@ -66,7 +66,8 @@ def test_bad_inputs_are_one_sentence():
 
 
 def test_command_on_two_caches_of_a_store(demo_store, tmp_path, capsys):
-    main([f"dataset={demo_store}", "sources=[nano_s2]", "target=nano", f"out={tmp_path}"])
+    main([f"dataset={demo_store}", "sources=[nano_s2]", "target=nano", "weights=null",
+          f"out={tmp_path}"])  # fmt: skip
     result = json.loads((tmp_path / "approx.json").read_text())
     row = result["rows"][0]
     assert row["source"] == "nano_s2" and result["target_encoder"]["backbone"] == "vit_nano"

@@ -80,9 +80,11 @@ def test_encoder_config_is_composed_by_hydra():
     assert isinstance(cfg, EncoderConfig) and cfg.backbone == "vit_micro" and cfg.weights is None
     assert list(cfg.scales) == [64, 128]
     assert encoder_config("nano", "mae_vit_micro").weights == "mae_vit_micro"
-    # By default the config's own weights: the probe of micro_s2_mae probes the MAE weights
-    # (the default used to be [null], which silently replaced them by random init).
-    assert encoder_config("micro_s2_mae").weights == "mae_vit_micro"
+    # By default the config's own weights (the default used to be [null], which silently
+    # replaced them by random init); a weights group gives each backbone its own file.
+    assert encoder_config("micro_s2").weights is None
+    assert encoder_config("micro_s2", "mae").weights == "mae_vit_micro"
+    assert encoder_config("mini", "mae4").weights == "mae4_vit_mini"
     assert ProbeConfig().weights == []
 
 
