@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.features.cache import DTYPES, build_cache

@@ -11,7 +11,7 @@ the same everywhere; ``argv`` replaces the command line for in-process calls.
     s2policy-report runs=[multirun/cube_pick]              # s2policy.evaluation.report
     s2policy-probe encoders=[micro,micro_s2]               # s2policy.evaluation.probe
     s2policy-approx sources=[micro_s2] target=midi weights=mae4  # s2policy.evaluation.approx
-    s2policy-robomimic action=import src=... dst=...       # s2policy.data.robomimic_io
+    s2policy-robomimic action=import src=... dst=...       # s2policy.data.formats.robomimic
     s2policy-robot checkpoint=... robot=sim                # s2policy.robot.run
 """
 

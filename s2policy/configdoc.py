@@ -23,9 +23,9 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "configurati
 def _commands() -> list[tuple[str, str, type]]:
     """(command, its ``configs/<name>.yaml``, the dataclass that checks it)."""
     from s2policy.data.collect import CollectConfig
-    from s2policy.data.lerobot_io import LeRobotConfig
-    from s2policy.data.replay_buffer import StoreConfig
-    from s2policy.data.robomimic_io import RobomimicConfig
+    from s2policy.data.formats.lerobot.convert import LeRobotConfig
+    from s2policy.data.formats.robomimic import RobomimicConfig
+    from s2policy.data.store import StoreConfig
     from s2policy.evaluation.approx import ApproxConfig
     from s2policy.evaluation.config import EvalConfig
     from s2policy.evaluation.offline import OfflineConfig
@@ -50,9 +50,9 @@ def _commands() -> list[tuple[str, str, type]]:
         ("python -m s2policy.evaluation.approx", "approx", ApproxConfig),
         ("python -m s2policy.robot.run", "robot", RobotRunConfig),
         ("python -m s2policy.robot.keys", "robot_keys", RobotKeysConfig),
-        ("python -m s2policy.data.robomimic_io", "robomimic", RobomimicConfig),
-        ("python -m s2policy.data.lerobot_io", "lerobot", LeRobotConfig),
-        ("python -m s2policy.data.replay_buffer", "store", StoreConfig),
+        ("python -m s2policy.data.formats.robomimic", "robomimic", RobomimicConfig),
+        ("python -m s2policy.data.formats.lerobot.convert", "lerobot", LeRobotConfig),
+        ("python -m s2policy.data.store", "store", StoreConfig),
         ("python -m s2policy.viz", "viz", VizConfig),
     ]
 

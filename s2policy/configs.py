@@ -21,9 +21,9 @@ def register_configs() -> None:
     runs."""
     register_resolvers()
     from s2policy.data.collect import CollectConfig
-    from s2policy.data.lerobot_io import LeRobotConfig
-    from s2policy.data.replay_buffer import StoreConfig
-    from s2policy.data.robomimic_io import RobomimicConfig
+    from s2policy.data.formats.lerobot.convert import LeRobotConfig
+    from s2policy.data.formats.robomimic import RobomimicConfig
+    from s2policy.data.store import StoreConfig
     from s2policy.encoders.s2 import EncoderConfig
     from s2policy.evaluation.approx import ApproxConfig
     from s2policy.evaluation.offline import OfflineConfig

@@ -27,7 +27,7 @@ def crash_point(name: str) -> None:
     """Die at once (no clean-up, exit status 137 as after SIGKILL) when ``$S2POLICY_CRASH_AT``
     names this point (``name@N``: the N-th time it is reached). The points: collection's
     ``store_create``, ``episode_data``, ``episode_meta``, ``episode_commit``
-    (:mod:`s2policy.data.replay_buffer`); caching's ``cache.create``, ``cache.chunk``,
+    (:mod:`s2policy.data.store`); caching's ``cache.create``, ``cache.chunk``,
     ``cache.done`` (:mod:`s2policy.features.cache`); a checkpoint's ``swap:checkpoint``
     (:func:`swap_in`)."""
     target = os.environ.get(CRASH_ENV)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.evaluation.records import RECORDS
 
 MODES = ("save", "web", "spawn")

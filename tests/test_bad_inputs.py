@@ -25,9 +25,9 @@ import torch
 import zarr
 
 from s2policy.data.collect import CollectConfig, collect_demos
-from s2policy.data.lerobot_io import export_lerobot
-from s2policy.data.replay_buffer import ReplayBuffer
-from s2policy.data.robomimic_io import export_robomimic, import_robomimic
+from s2policy.data.formats.lerobot.convert import export_lerobot
+from s2policy.data.formats.robomimic import export_robomimic, import_robomimic
+from s2policy.data.store import ReplayBuffer
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.evaluation.approx import ApproxConfig
 from s2policy.evaluation.config import EvalConfig
@@ -210,7 +210,7 @@ NANO_ONE = EncoderConfig(backbone="vit_nano", scales=(32,))
 
 def _lerobot(ctx: Ctx, mutate=None) -> Path:
     """The store exported to LeRobot (and changed by ``mutate(root)``)."""
-    from s2policy.data.lerobot_io import export_lerobot
+    from s2policy.data.formats.lerobot.convert import export_lerobot
 
     root = export_lerobot(ctx.store, ctx.tmp / "lerobot")
     if mutate is not None:
@@ -237,7 +237,7 @@ def _rewrite_action(root: Path, as_type: str) -> None:
 
 
 def _import_lerobot(ctx: Ctx, mutate) -> None:
-    from s2policy.data.lerobot_io import import_lerobot
+    from s2policy.data.formats.lerobot.convert import import_lerobot
 
     import_lerobot(_lerobot(ctx, mutate), ctx.tmp / "imported.zarr")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from s2policy.data.replay_buffer import ReplayBuffer, examine_store
+from s2policy.data.store import ReplayBuffer, examine_store
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

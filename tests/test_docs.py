@@ -38,9 +38,9 @@ SCRIPTS = {
     "s2policy.evaluation.publish": "publish",
     "s2policy.robot.run": "robot",
     "s2policy.robot.keys": "robot_keys",
-    "s2policy.data.robomimic_io": "robomimic",
-    "s2policy.data.lerobot_io": "lerobot",
-    "s2policy.data.replay_buffer": "store",
+    "s2policy.data.formats.robomimic": "robomimic",
+    "s2policy.data.formats.lerobot.convert": "lerobot",
+    "s2policy.data.store": "store",
     "s2policy.viz": "viz",
 }
 CONSOLE = {

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from envs.randomization import Randomization, as_randomization
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.task import TaskConfig
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.evaluation.probe import (
     ALPHAS,
     KEEP,

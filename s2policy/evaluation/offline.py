@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.encoders.s2 import BLIND, build_encoder
 from s2policy.evaluation.stats import mean_interval
 from s2policy.policies.artifact import TrainedPolicy, load

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from s2policy.data.replay_buffer import ReplayBuffer
 from s2policy.data.sampler import split_episodes
+from s2policy.data.store import ReplayBuffer
 from s2policy.features.cache import CacheInfo
 
 logger = logging.getLogger(__name__)

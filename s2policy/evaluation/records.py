@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 
 #: The store's name in an evaluation's output folder.
 RECORDS = "records.zarr"

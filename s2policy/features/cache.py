@@ -41,7 +41,7 @@ import torch
 import zarr
 from zarr.core.sync import sync
 
-from s2policy.data.replay_buffer import ChunkCheck, ReplayBuffer
+from s2policy.data.store import ChunkCheck, ReplayBuffer
 from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.encoders.s2 import S2Encoder
 from s2policy.features.augment import AugmentConfig, augment_frames, split_view, view_arrays

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.robot.safety import EVENTS
 
 

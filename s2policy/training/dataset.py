@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from s2policy.data.replay_buffer import ReplayBuffer, check_finite
 from s2policy.data.sampler import episode_windows, split_episodes
+from s2policy.data.store import ReplayBuffer, check_finite
 from s2policy.features.augment import view_name
 from s2policy.features.cache import CacheInfo
 

@@ -120,8 +120,8 @@ class PreparedData:
 
 def prepare_data(cfg: RunConfig, device: torch.device, cache_dtype: str) -> PreparedData:
     """Build the feature cache when missing (through the cache module) and load the windows."""
-    from s2policy.data.replay_buffer import ReplayBuffer
-    from s2policy.data.robomimic_io import check_import_complete
+    from s2policy.data.formats.robomimic import check_import_complete
+    from s2policy.data.store import ReplayBuffer
 
     store = ReplayBuffer.open(cfg.dataset)
     attrs = store.attrs

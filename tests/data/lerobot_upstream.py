@@ -189,7 +189,7 @@ def _task_indices(episodes: list[Episode]) -> dict[str, int]:
 
 
 def _info(version: str, episodes: list[Episode], tasks: dict, video: Path) -> dict:
-    from s2policy.data.lerobot_video import video_info
+    from s2policy.data.formats.lerobot.video import video_info
 
     vinfo = {k: v for k, v in video_info(video).items() if k != "is_depth_map"}
     frames = sum(len(e.action) for e in episodes)

@@ -10,7 +10,7 @@ import pytest
 
 from envs.randomization import Randomization
 from s2policy.data.collect import CollectConfig, collect_demos
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.task import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,12 +13,14 @@ pytest.importorskip("av")
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from s2policy.data import lerobot_io, lerobot_reader, lerobot_writer  # noqa: E402
-from s2policy.data.lerobot_format import LeRobotFormatError  # noqa: E402
-from s2policy.data.lerobot_io import export_lerobot, import_lerobot  # noqa: E402
-from s2policy.data.lerobot_video import VideoWriter  # noqa: E402
-from s2policy.data.replay_buffer import ReplayBuffer  # noqa: E402
-from s2policy.data.robomimic_io import check_import_complete  # noqa: E402
+from s2policy.data.formats.lerobot import convert as lerobot_io  # noqa: E402
+from s2policy.data.formats.lerobot import reader as lerobot_reader  # noqa: E402
+from s2policy.data.formats.lerobot import writer as lerobot_writer  # noqa: E402
+from s2policy.data.formats.lerobot.convert import export_lerobot, import_lerobot  # noqa: E402
+from s2policy.data.formats.lerobot.format import LeRobotFormatError  # noqa: E402
+from s2policy.data.formats.lerobot.video import VideoWriter  # noqa: E402
+from s2policy.data.formats.robomimic import check_import_complete  # noqa: E402
+from s2policy.data.store import ReplayBuffer  # noqa: E402
 
 #: Mean PSNR of every camera after the round trip (32x32 frames, H.264 crf 18, yuv420p): measured
 #: 35.1 dB (front) and 30.4 dB (wrist); yuv420p alone (crf 0) gives 35.7 and 31.0 dB.
@@ -435,11 +437,11 @@ def test_video_shorter_than_its_data(demo_store, exported, tmp_path):
 
 
 def test_missing_pyarrow_or_av_is_one_sentence(monkeypatch):
-    import s2policy.data
+    import s2policy.data.formats.lerobot
 
     monkeypatch.setitem(sys.modules, "av", None)
-    monkeypatch.delitem(sys.modules, "s2policy.data.lerobot_video")
-    monkeypatch.delattr(s2policy.data, "lerobot_video")
+    monkeypatch.delitem(sys.modules, "s2policy.data.formats.lerobot.video")
+    monkeypatch.delattr(s2policy.data.formats.lerobot, "video")
     with pytest.raises(ImportError, match=r"needs pyarrow and PyAV .*pip install -e .\[lerobot\]"):
         lerobot_io._formats()
 

@@ -12,7 +12,7 @@ pa = pytest.importorskip("pyarrow")
 av = pytest.importorskip("av")
 import pyarrow.parquet as pq  # noqa: E402
 
-from s2policy.data.lerobot_io import export_lerobot, import_lerobot  # noqa: E402
+from s2policy.data.formats.lerobot.convert import export_lerobot, import_lerobot  # noqa: E402
 
 TOP = "observation.images.top"
 

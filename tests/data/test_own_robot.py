@@ -13,7 +13,7 @@ pytest.importorskip("pyarrow")
 pytest.importorskip("av")
 
 from s2policy import cli  # noqa: E402
-from s2policy.data.lerobot_io import import_lerobot  # noqa: E402
+from s2policy.data.formats.lerobot.convert import import_lerobot  # noqa: E402
 from s2policy.evaluation.config import EvalConfig  # noqa: E402
 from s2policy.evaluation.offline import OfflineConfig, evaluate_offline  # noqa: E402
 from s2policy.evaluation.report import write_report  # noqa: E402
@@ -176,7 +176,7 @@ def test_a_grown_store_keeps_the_training_split_and_gets_fresh_features(own_run,
     """Episodes appended after training must not turn trained episodes into "held out"."""
     import shutil
 
-    from s2policy.data.replay_buffer import ReplayBuffer
+    from s2policy.data.store import ReplayBuffer
 
     store, run = own_run
     grown = tmp_path / "grown.zarr"

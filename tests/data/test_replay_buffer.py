@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import zarr
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 
 
 def episode(rng, T, H=8, W=6):

@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from s2policy.data import robomimic_io
-from s2policy.data.replay_buffer import ReplayBuffer
-from s2policy.data.robomimic_io import RobomimicFormatError, export_robomimic, import_robomimic
+from s2policy.data.formats import robomimic as robomimic_io
+from s2policy.data.formats.robomimic import RobomimicFormatError, export_robomimic, import_robomimic
+from s2policy.data.store import ReplayBuffer
 
 LENGTHS = [7, 5, 9]
 

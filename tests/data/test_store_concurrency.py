@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from s2policy.data.replay_buffer import (
+from s2policy.data.store import (
     ReplayBuffer,
     StoreLockedError,
     examine_store,
@@ -28,7 +28,7 @@ ENV.pop("S2POLICY_CRASH_AT", None)
 WRITER = """
 import sys, time
 import numpy as np
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from pathlib import Path
 path, count, T = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 buf = ReplayBuffer.open(path, "a") if Path(path).exists() else ReplayBuffer.create(path)

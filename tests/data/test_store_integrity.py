@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import zarr
 
-from s2policy.data import replay_buffer
+from s2policy.data import store as replay_buffer
 from s2policy.data.collect import CollectConfig, collect_demos
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
+from s2policy.data.store import chunks as store_chunks
 from s2policy.task import TaskConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,7 +153,7 @@ def test_inconsistent_commit_records_are_refused_untouched(store, damage, match)
 
 
 def test_inspect_and_repair_keep_the_valid_prefix_only_with_confirm(demo_store, tmp_path, capsys):
-    from s2policy.data.replay_buffer import main
+    from s2policy.data.store import main
 
     path = damaged_copy(demo_store, tmp_path)
     orig = ReplayBuffer.open(demo_store)
@@ -187,7 +188,7 @@ def test_inspect_and_repair_keep_the_valid_prefix_only_with_confirm(demo_store, 
 
 
 def test_repair_of_a_healthy_store_changes_nothing(store, capsys):
-    from s2policy.data.replay_buffer import main
+    from s2policy.data.store import main
 
     path, _ = store
     before = arrays(path)
@@ -252,7 +253,7 @@ def test_a_failed_write_is_removed_before_the_next_episode_in_the_same_process(s
 @pytest.fixture
 def chunked(tmp_path, rng, monkeypatch):
     """3 episodes (5, 3, 7 steps); data/front in chunks of 6 steps: c/0 0-5, c/1 6-11, c/2 12-14."""
-    monkeypatch.setattr(replay_buffer, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(store_chunks, "CHUNK_BYTES", 1000)
     buf = ReplayBuffer.create(tmp_path / "demo.zarr")
     eps = [episode(rng, T) for T in (5, 3, 7)]
     for i, ep in enumerate(eps):
@@ -318,7 +319,7 @@ def test_appending_after_a_missing_last_chunk_is_refused_untouched(chunked, rng)
 
 
 def test_inspect_reports_missing_chunks_and_repair_keeps_the_episodes_before(chunked, capsys):
-    from s2policy.data.replay_buffer import main
+    from s2policy.data.store import main
 
     path, eps = chunked
     (path / "data/front/c/2/0/0/0").unlink()  # steps 12-14: inside episode 2 (steps 8-14)
@@ -386,7 +387,7 @@ def test_collection_killed_at_a_named_point_resumes_bit_identical(
 
 
 def test_store_command_help_and_bad_action(capsys):
-    from s2policy.data.replay_buffer import main
+    from s2policy.data.store import main
 
     with pytest.raises(SystemExit) as exit:
         main(["--help"])

@@ -58,7 +58,7 @@ def test_probe_on_a_cache(demo_store, capsys, monkeypatch):
 
 
 def test_constant_target_dimensions_are_left_out(tmp_path):
-    from s2policy.data.replay_buffer import ReplayBuffer
+    from s2policy.data.store import ReplayBuffer
     from s2policy.evaluation.probe import probe_targets
 
     buf = ReplayBuffer.create(tmp_path / "s.zarr")
@@ -111,7 +111,7 @@ def test_a_target_that_does_not_vary_in_the_held_out_rows_is_not_scored():
 
 
 def test_a_store_of_two_episodes_holds_one_out_and_one_episode_gives_no_probe(tmp_path):
-    from s2policy.data.replay_buffer import ReplayBuffer
+    from s2policy.data.store import ReplayBuffer
 
     rng = np.random.default_rng(0)
     buf = ReplayBuffer.create(tmp_path / "s.zarr", attrs={"cameras": ["front"]})

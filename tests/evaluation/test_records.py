@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.encoders.s2 import EncoderConfig
 from s2policy.evaluation.records import RECORDS
 from s2policy.evaluation.rollout import EvalConfig, evaluate

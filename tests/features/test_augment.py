@@ -6,7 +6,7 @@ import pytest
 import torch
 import zarr
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.features import cache
 from s2policy.features.augment import AugmentConfig, augment_frames, split_view, view_name
 from s2policy.features.cache import CacheError

@@ -13,7 +13,7 @@ import pytest
 import torch
 import zarr
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.encoders.preprocess import frames_to_tensor
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.features import cache

@@ -14,7 +14,7 @@ import pytest
 import zarr
 import zarr.core.attributes
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.features import cache
 from s2policy.features.cache import CacheError

@@ -180,7 +180,7 @@ def test_resume_continues_to_the_same_weights(tmp_path, demo_store):
 
 
 def test_random_rollout_frames_and_empty_frame_set(tmp_path):
-    from s2policy.data.replay_buffer import ReplayBuffer
+    from s2policy.data.store import ReplayBuffer
 
     ReplayBuffer.create(tmp_path / "empty.zarr", attrs={"cameras": ["front"]})
     empty = PretrainConfig(datasets=[str(tmp_path / "empty.zarr")], random_frames=0, task=TINY_TASK)

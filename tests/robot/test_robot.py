@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import zmq
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.policies.runner import ActionQueue, ActionRunner, ensemble_weights
 from s2policy.robot.log import RobotLog, events_from_mask
 from s2policy.robot.loop import InferenceLoop, LoopConfig, summarize

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.evaluation import rollout
 from s2policy.evaluation.rollout import EvalConfig, evaluate
 from s2policy.policies.artifact import load

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.policies.artifact import load
 from s2policy.policies.mlp import MLPPolicyConfig
 from s2policy.policies.runner import PolicyRunner

@@ -12,7 +12,7 @@ import zarr
 from safetensors.torch import load_file
 
 from s2policy import cli
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.encoders.s2 import EncoderConfig, build_encoder
 from s2policy.features import cache
 from s2policy.features.cache import CacheError, list_caches

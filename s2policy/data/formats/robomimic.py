@@ -19,7 +19,7 @@ back the identical store.
 Imports append one demo at a time to the ReplayBuffer (crash-safe) and resume an interrupted import
 of the same file; exports are written to ``<out>.partial`` and renamed when complete.
 
-    python -m s2policy.data.robomimic_io action=import src=robomimic/lift/ph/image.hdf5 \\
+    python -m s2policy.data.formats.robomimic action=import src=robomimic/lift/ph/image.hdf5 \\
         dst=datasets/lift.zarr filter=train \\
         state_keys=[robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos]
     s2policy-robomimic action=export src=datasets/cube_pick.zarr dst=exports/cube_pick.hdf5
@@ -41,7 +41,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from s2policy.data.replay_buffer import ReplayBuffer
+from s2policy.data.store import ReplayBuffer
 from s2policy.fileio import check_replaceable, disk_full
 
 logger = logging.getLogger(__name__)

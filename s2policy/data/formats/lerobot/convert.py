@@ -1,8 +1,9 @@
 """LeRobot datasets <-> ReplayBuffer (zarr): import LeRobot datasets, export our stores.
 
 Written from LeRobot's dataset format (codebase version v3.0; v2.0/v2.1 are read too; see
-:mod:`s2policy.data.lerobot_format`) with pyarrow and PyAV, not with the ``lerobot`` package (its
-pins conflict with our torch and diffusers); ``pip install -e .[lerobot]`` installs both.
+:mod:`s2policy.data.formats.lerobot.format`) with pyarrow and PyAV, not with the ``lerobot``
+package (its pins conflict with our torch and diffusers); ``pip install -e .[lerobot]``
+installs both.
 
 Mapping: video feature ``observation.images.<cam>`` <-> camera ``data/<cam>``,
 ``observation.state`` <-> ``state``, ``action`` <-> ``action``, ``next.reward``/``next.done`` <->
@@ -21,8 +22,8 @@ every array identical except the images, which go through the video codec (yuv42
 Imports append one episode at a time to the ReplayBuffer (crash-safe) and resume an interrupted
 import of the same dataset; exports are written to ``<out>.partial`` and renamed when complete.
 
-    python -m s2policy.data.lerobot_io action=import src=pusht dst=datasets/pusht.zarr \\
-        [image_size=[96,96]]
+    python -m s2policy.data.formats.lerobot.convert action=import src=pusht \\
+        dst=datasets/pusht.zarr [image_size=[96,96]]
     s2policy-lerobot action=export src=datasets/cube_pick.zarr dst=exports/cube_pick
 
 (``configs/lerobot.yaml``, typed by :class:`LeRobotConfig`.)
@@ -41,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from s2policy.data.replay_buffer import ReplayBuffer
-from s2policy.data.robomimic_io import check_episode_finite, open_import_output
+from s2policy.data.formats.robomimic import check_episode_finite, open_import_output
+from s2policy.data.store import ReplayBuffer
 from s2policy.fileio import check_replaceable, disk_full, swap_in
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ DATA_FILE_MB, VIDEO_FILE_MB = 100, 200  # LeRobot's file sizes
 def _formats():
     """The format module (pyarrow and PyAV are an optional extra)."""
     try:
-        from s2policy.data import lerobot_format, lerobot_video  # noqa: F401
+        from s2policy.data.formats.lerobot import format as lerobot_format
+        from s2policy.data.formats.lerobot import video  # noqa: F401
     except ImportError as err:
         raise ImportError(
             f"LeRobot import/export needs pyarrow and PyAV ({err}): pip install -e .[lerobot]"
@@ -89,7 +91,7 @@ def export_lerobot(
         data_file_mb, video_file_mb: the size at which a new data / video file is started.
     """
     fmt = _formats()
-    from s2policy.data.lerobot_writer import DatasetWriter
+    from s2policy.data.formats.lerobot.writer import DatasetWriter
 
     buffer, out = ReplayBuffer.open(store), Path(out)
     if out.exists() and not overwrite:
@@ -218,7 +220,7 @@ def import_lerobot(
         overwrite: replace an existing ``out`` instead of resuming it.
     """
     _formats()
-    from s2policy.data.lerobot_reader import EpisodeReader, SourceDataset
+    from s2policy.data.formats.lerobot.reader import EpisodeReader, SourceDataset
 
     src, out = Path(src), Path(out)
     dataset = SourceDataset(src)

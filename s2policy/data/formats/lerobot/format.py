@@ -1,5 +1,5 @@
 """LeRobot's dataset format on disk: paths, columns, tables, and reading ``meta/info.json`` and
-the episode and task tables (the writer is :mod:`s2policy.data.lerobot_writer`).
+the episode and task tables (the writer is :mod:`s2policy.data.formats.lerobot.writer`).
 
 Written from LeRobot's format, codebase version v3.0 (lerobot 0.4 and later)::
 

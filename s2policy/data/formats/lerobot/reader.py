@@ -1,9 +1,10 @@
 """A LeRobot dataset folder read for import: :class:`SourceDataset` (what to import, which
 attributes the store gets) and :class:`EpisodeReader` (one episode at a time, lengths checked).
 
-Reads codebase versions v3.x and v2.0/v2.1 (see :mod:`s2policy.data.lerobot_format`). What an
-export of ours wrote (``meta/s2policy.json``: our attributes, the shapes and dtypes of our arrays,
-the per-episode meta columns) is restored exactly; a foreign dataset is mapped by feature name.
+Reads codebase versions v3.x and v2.0/v2.1 (see :mod:`s2policy.data.formats.lerobot.format`).
+What an export of ours wrote (``meta/s2policy.json``: our attributes, the shapes and dtypes of our
+arrays, the per-episode meta columns) is restored exactly; a foreign dataset is mapped by feature
+name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from s2policy.data.lerobot_format import (
+from s2policy.data.formats.lerobot.format import (
     CAMERA_PREFIX,
     DEFAULT_FEATURES,
     FEATURES,
@@ -31,7 +32,7 @@ from s2policy.data.lerobot_format import (
     read_info,
     read_tasks,
 )
-from s2policy.data.lerobot_video import VideoReader
+from s2policy.data.formats.lerobot.video import VideoReader
 from s2policy.fileio import read_json
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """A LeRobot dataset (codebase v3.0) written episode by episode: :class:`DatasetWriter`.
 
-The layout and the rules it follows are in :mod:`s2policy.data.lerobot_format`: frames in data
-parquet files (one row group per episode), each video feature's frames in its own mp4 files
+The layout and the rules it follows are in :mod:`s2policy.data.formats.lerobot.format`: frames in
+data parquet files (one row group per episode), each video feature's frames in its own mp4 files
 (episodes back to back), one row per episode in the episodes table, statistics per episode and
 aggregated, ``meta/info.json`` written last with the exact totals.
 """
@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from s2policy.data import lerobot_format as fmt
-from s2policy.data.lerobot_video import VideoWriter, video_info
+from s2policy.data.formats.lerobot import format as fmt
+from s2policy.data.formats.lerobot.video import VideoWriter, video_info
 
 
 class DatasetWriter:
