@@ -16,7 +16,8 @@ A page marks each generated block::
     <!-- /results -->
 
 Views: ``success`` (one row per configuration: success [95 % CI], per seed, episodes, probe R²),
-``ladder`` (per task, single-scale rungs and S² with the differences), ``sentences`` (the
+``ladder`` (per task, single-scale rungs and S² with the differences), ``tasks`` (one row
+per configuration, one column per task), ``sentences`` (the
 report's sentences), ``demos`` (success by number of demonstrations), ``offline`` (offline
 action error) and ``provenance`` (date, commit, commands).
 """
@@ -163,6 +164,34 @@ def view_ladder(record: dict[str, Any], tasks: Sequence[str] | None = None, **_)
     return "\n".join(lines)
 
 
+def view_tasks(record: dict[str, Any], tasks: Sequence[str] | None = None, **_) -> str:
+    """One row per configuration (encoder, weights, recipe), one column per task: success
+    [95 % CI], with the episodes when a cell has fewer than the record's most common count."""
+    rows = rows_of(record, tasks)
+    tasks = list(tasks or sorted({r["task"] for r in rows}))
+    counts = [r["episodes"] for r in rows]
+    usual = max(set(counts), key=lambda c: (counts.count(c), c)) if counts else 0
+    configs: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["gflops_per_img"], _name(r), r["weights"], r["recipe"])
+        configs.setdefault(key, {})[r["task"]] = r
+
+    def cell(r: dict[str, Any] | None) -> str:
+        if r is None:
+            return "–"
+        return _rate(r) + (f" ({r['episodes']} episodes)" if r["episodes"] != usual else "")
+
+    lines = [
+        "| encoder | weights | recipe | " + " | ".join(tasks) + " |",
+        "| --- | --- | --- |" + " --- |" * len(tasks),
+    ]
+    for (_, name, weights, recipe), by in sorted(configs.items(), key=lambda kv: kv[0]):
+        cells = " | ".join(cell(by.get(t)) for t in tasks)
+        lines.append(f"| {name} | {weights} | {recipe} | {cells} |")
+    lines += ["", f"Cells: {usual} episodes unless marked."]
+    return "\n".join(lines)
+
+
 def view_sentences(record: dict[str, Any], tasks: Sequence[str] | None = None, **_) -> str:
     from s2policy.evaluation.ladder import (
         comparison_sentence,
@@ -211,6 +240,7 @@ def view_provenance(record: dict[str, Any], **_) -> str:
 VIEWS = {
     "success": view_success,
     "ladder": view_ladder,
+    "tasks": view_tasks,
     "sentences": view_sentences,
     "demos": view_demos,
     "offline": view_offline,
