@@ -10,17 +10,24 @@ DEMO_EPISODES ?= 200
 
 TASKS := cube_pick place stack push
 
-.PHONY: setup sysdeps demo demo-tasks demo-ladder test test-fast lint format bench gpu-prep docs clean
+.PHONY: setup lock sysdeps demo demo-tasks demo-ladder test test-fast lint format bench gpu-prep docs clean
 
 setup: sysdeps $(STAMP)
 
-# Python environment: torch is resolved by pip together with timm (no pins of our own).
+# Python environment: the versions of requirements.lock (`make lock` resolves them with pip,
+# torch together with timm; no pins of our own in pyproject.toml).
 # robomimic 0.3.0 builds egl_probe with cmake, which needs the policy minimum with cmake >= 4.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	CMAKE_POLICY_VERSION_MINIMUM=3.5 $(PY) -m pip install -q -e '.[dev,robomimic,viz,lerobot]'
+	CMAKE_POLICY_VERSION_MINIMUM=3.5 $(PY) -m pip install -q -c requirements.lock \
+	    -e '.[dev,robomimic,viz,lerobot]'
 	@touch $(STAMP)
+
+# Refresh requirements.lock from pyproject.toml (newest releases; KEEP=1: prefer the installed ones).
+lock:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	PYTHONPATH=. $(PY) -m s2policy.lock $(if $(KEEP),--keep-installed)
 
 # System libraries for headless rendering: installed when run as root, else the exact command.
 sysdeps:
