@@ -24,10 +24,11 @@ $(STAMP): pyproject.toml requirements.lock
 	    -e '.[dev,robomimic,viz,lerobot]'
 	@touch $(STAMP)
 
-# Refresh requirements.lock from pyproject.toml (newest releases; KEEP=1: prefer the installed ones).
+# Refresh requirements.lock from pyproject.toml (newest releases; KEEP=1: pin the installed ones).
 lock:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	PYTHONPATH=. $(PY) -m s2policy.lock $(if $(KEEP),--keep-installed)
+	$(PY) -m pip install -q --upgrade pip
+	PYTHONPATH=. $(PY) -m s2policy.lock $(if $(filter 1,$(KEEP)),--keep-installed)
 
 # System libraries for headless rendering: installed when run as root, else the exact command.
 sysdeps:

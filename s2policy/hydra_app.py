@@ -37,19 +37,31 @@ def run_group(dataset: str, task: str) -> str:
 POOL_TAGS = {"cls": "", "tokens": "_tok", "mean": "_mean"}
 
 
-def encoder_name(encoder: str, weights: Any, pool: str) -> str:
-    """A run's encoder in its name: the ``encoder=`` choice, then the ``encoder/weights=``
-    choice and the pooling when they are not the defaults (``micro_s2_mae4_tok``); the blind and
-    oracle rows have neither."""
+def weights_tag(weights: Any, backbone: Any) -> str:
+    """The weights' short name in a run name: ``mae4`` for ``mae4_{backbone}`` or
+    ``mae4_vit_micro``, a file's stem for a path, ``hub``; none for random init."""
+    if weights in (None, "None", "null", "", "random"):
+        return ""
+    name = str(weights)
+    if "/" in name or name.endswith((".safetensors", ".pth", ".pt")):
+        name = Path(name).stem
+    for suffix in ("_{backbone}", f"_{backbone}"):
+        name = name.removesuffix(suffix)
+    return f"_{name}"
+
+
+def encoder_name(encoder: str, weights: Any, backbone: Any, pool: str) -> str:
+    """A run's encoder in its name: the ``encoder=`` choice, then the weights actually loaded
+    (``encoder.weights``, by :func:`weights_tag`) and the pooling when they are not the defaults
+    (``micro_s2_mae4_tok``); the blind and oracle rows have neither."""
     if encoder in ("blind", "oracle"):
         return encoder
-    tag = "" if weights in (None, "None", "null") else f"_{weights}"
-    return f"{encoder}{tag}{POOL_TAGS.get(str(pool), f'_{pool}')}"
+    return f"{encoder}{weights_tag(weights, backbone)}{POOL_TAGS.get(str(pool), f'_{pool}')}"
 
 
 def register_resolvers() -> None:
     """The project's OmegaConf resolvers (``${s2policy_run_group:dataset,task}``,
-    ``${s2policy_encoder_name:encoder,weights,pool}``)."""
+    ``${s2policy_encoder_name:encoder,weights,backbone,pool}``)."""
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("s2policy_run_group", run_group, replace=True)

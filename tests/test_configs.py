@@ -280,6 +280,27 @@ def test_the_ladder_class_token_rows_and_equal_step_weights_are_one_override_awa
     assert cfg.run_name == "micro_s2_mae4_tok_mlp_seed0"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        (["encoder=micro"], "micro_mlp_seed0"),
+        (["encoder=micro", "encoder/weights=random"], "micro_mlp_seed0"),
+        (["encoder=micro", "encoder/weights=mae"], "micro_mae_mlp_seed0"),
+        # weights given directly are in the name too: no clash with the shipped ones
+        (["encoder=micro", "encoder.weights=my_mae_vit_micro"], "micro_my_mae_mlp_seed0"),
+        (["encoder=micro", "encoder.weights=ckpt/enc.safetensors"], "micro_enc_mlp_seed0"),
+        (["experiment=cpu_large", "encoder.weights=mae_vit_micro"], "micro_s2_mae_tok_mlp_seed0"),
+        (
+            ["encoder=micro_s2", "encoder/weights=hub", "encoder.pool=mean"],
+            "micro_s2_hub_mean_mlp_seed0",
+        ),
+    ],
+)
+def test_run_names_follow_the_weights_actually_loaded(overrides, name):
+    cfg, _ = compose_typed("config", overrides)
+    assert cfg.run_name == name
+
+
 @pytest.mark.parametrize("file", _group_files("encoder"))
 def test_encoder_backbone_is_registered_and_scales_are_tile_multiples(file):
     from s2policy.encoders.backbones import BACKBONES

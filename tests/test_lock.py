@@ -29,6 +29,8 @@ def test_every_requirement_is_pinned_within_its_specifier():
 
 
 def test_the_environment_is_the_locked_one():
+    if lock.lock_target() != lock.target():
+        pytest.skip(f"the lock is for {lock.lock_target()}, this is {lock.target()}")
     _, pins = lock.read_lock()
     differ = []
     for name, version in pins.items():

@@ -442,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``s2policy-robomimic action=import|export src=... dst=...`` (``argv``: in-process)."""
     from s2policy.hydra_app import run_hydra, schemas
 
-    run_hydra("robomimic", "robomimic_io", run, argv, schemas(robomimic_schema=RobomimicConfig))
+    run_hydra("robomimic", "robomimic", run, argv, schemas(robomimic_schema=RobomimicConfig))
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ store) held until :meth:`ReplayBuffer.close` (or the end of the process); a seco
 refused with a sentence naming the holder. Readers take no lock and may open a store while it is
 written: they see the episodes committed when they opened it, never part of one.
 
-Crash tests: :func:`crash_point` ends the process at a named point of a write when the
-environment variable ``S2POLICY_CRASH_AT`` names it (``name`` or ``name@N``: its N-th time).
+Crash tests: :func:`s2policy.fileio.crash_point` ends the process at a named point of a write
+when the environment variable ``S2POLICY_CRASH_AT`` names it (``name`` or ``name@N``: its N-th
+time).
 
 The parts: :mod:`.errors` (the errors and the commands they name), :mod:`.chunks` (chunk layout and
 integrity checks, bounded views), :mod:`.commit` (the commit record), :mod:`.buffer` (the store),

@@ -1,5 +1,6 @@
 """The commit record (``meta/episode_ends``): what a store holds, what an interrupted write left and
-what is damage; the store's errors and the commands its messages name."""
+what is damage, and whether a folder is a store at all (the errors and commands its messages
+name are in :mod:`s2policy.data.store.errors`)."""
 
 from __future__ import annotations
 

@@ -291,4 +291,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``s2policy-store action=inspect|repair store=... [confirm=true]`` (``argv``: in-process)."""
     from s2policy.hydra_app import run_hydra, schemas
 
-    run_hydra("store", "replay_buffer", run, argv, schemas(store_schema=StoreConfig))
+    run_hydra("store", "store", run, argv, schemas(store_schema=StoreConfig))

@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``s2policy-lerobot action=import|export src=... dst=...`` (``argv``: in-process)."""
     from s2policy.hydra_app import run_hydra, schemas
 
-    run_hydra("lerobot", "lerobot_io", run, argv, schemas(lerobot_schema=LeRobotConfig))
+    run_hydra("lerobot", "lerobot", run, argv, schemas(lerobot_schema=LeRobotConfig))
 
 
 if __name__ == "__main__":
