@@ -131,21 +131,29 @@ def _rate(r: dict[str, Any]) -> str:
 
 
 def _r2(v: float | None) -> str:
-    return "–" if v is None else f"{v:.2f}"
+    return "–" if v is None else f"{v:.3f}"
 
 
 # ---------------------------------------------------------------------- views
 def view_success(record: dict[str, Any], tasks: Sequence[str] | None = None, **_) -> str:
+    """One row per configuration and task: success [95 % CI], normalized between the floor
+    (blind) and the ceiling (oracle) of the same task and execution, per seed, probes."""
     rows = rows_of(record, tasks)
     lines = [
-        "| task | encoder | weights | GFLOPs/img | probe R² object | success [95 % CI] | "
-        "per seed | episodes |",
-        "| --- | --- | --- | ---: | ---: | --- | --- | ---: |",
+        "| task | encoder | weights | recipe | GFLOPs/img | probe R² object / gripper | "
+        "success [95 % CI] | normalized | per seed | episodes |",
+        "| --- | --- | --- | --- | ---: | --- | --- | ---: | --- | ---: |",
     ]
-    for r in sorted(rows, key=lambda r: (r["task"], r["gflops_per_img"], r["backbone"])):
+    for r in sorted(
+        rows, key=lambda r: (r["task"], r["gflops_per_img"], r["backbone"], r["recipe"])
+    ):
+        probes = f"{_r2(r['probe_object_r2'])} / {_r2(r.get('probe_gripper_r2'))}"
+        norm = r.get("normalized")
+        norm = "–" if norm is None or norm != norm else f"{norm:.2f}"
         lines.append(
-            f"| {r['task']} | {_name(r)} | {r['weights']} | {r['gflops_per_img']:.3f} | "
-            f"{_r2(r['probe_object_r2'])} | {_rate(r)} | {r['seed_rates']} | {r['episodes']} |"
+            f"| {r['task']} | {_name(r)} | {r['weights']} | {r['recipe']} | "
+            f"{r['gflops_per_img']:.3f} | {probes} | {_rate(r)} | {norm} | {r['seed_rates']} | "
+            f"{r['episodes']} |"
         )
     return "\n".join(lines)
 
