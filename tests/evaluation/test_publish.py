@@ -65,3 +65,18 @@ def test_bad_blocks_are_one_sentence(records, block, message):
 def test_record_needs_its_runs_and_commands():
     with pytest.raises(ValueError, match="needs name=..., runs=.* and commands="):
         publish.PublishConfig(action="record", name="x")
+
+
+def test_committed_records_are_well_formed():
+    from s2policy.evaluation.ladder import BLIND_LABEL, ORACLE_LABEL
+
+    names = sorted(p.stem for p in publish.RECORDS.glob("*.json"))
+    assert names, "no committed results records"
+    for name in names:
+        record = publish.load_record(name)
+        assert record["commands"] and record["date"] and record["commit"], name
+        for r in record["rows"]:
+            assert set(publish.KEEP) <= set(r), (name, set(publish.KEEP) - set(r))
+            assert 0 <= r["successes"] <= r["episodes"], (name, r)
+            if r["scales"] == "-":  # the floor and the ceiling, as the report names them
+                assert r["backbone"] in (BLIND_LABEL, ORACLE_LABEL), (name, r["backbone"])
