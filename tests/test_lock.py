@@ -9,8 +9,8 @@ from s2policy import lock
 
 
 def test_the_lock_was_made_from_this_pyproject():
-    found, _ = lock.read_lock()
-    assert found == lock.digest(), (
+    header, _ = lock.read_lock()
+    assert header[lock.DIGEST] == lock.digest(), (
         "pyproject.toml's dependencies changed since requirements.lock was made: run `make lock`"
     )
 
@@ -29,9 +29,9 @@ def test_every_requirement_is_pinned_within_its_specifier():
 
 
 def test_the_environment_is_the_locked_one():
-    if lock.lock_target() != lock.target():
-        pytest.skip(f"the lock is for {lock.lock_target()}, this is {lock.target()}")
-    _, pins = lock.read_lock()
+    header, pins = lock.read_lock()
+    if header.get(lock.TARGET) != lock.target():
+        pytest.skip(f"the lock is for {header.get(lock.TARGET)}, this is {lock.target()}")
     differ = []
     for name, version in pins.items():
         try:
@@ -41,6 +41,14 @@ def test_the_environment_is_the_locked_one():
         if installed != version:
             differ.append(f"{name} {installed} (locked {version})")
     assert not differ, f"the environment differs from requirements.lock: {differ}; run `make setup`"
+
+
+def test_the_lock_was_made_for_the_extras_make_setup_installs():
+    header, _ = lock.read_lock()
+    assert header[lock.EXTRAS_FIELD] == ",".join(lock.EXTRAS)
+    makefile = (lock.ROOT / "Makefile").read_text()
+    extras = ",".join(lock.EXTRAS)
+    assert f"-e '.[{extras}]'" in makefile, "the Makefile and s2policy.lock.EXTRAS differ"
 
 
 def test_a_changed_pyproject_changes_the_digest(tmp_path):
